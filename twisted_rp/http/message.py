@@ -1,0 +1,198 @@
+"""
+HTTP message heads and the request object extensions see.
+
+Header names and values are C{bytes} as on the wire.  L{Headers} keeps repeated headers and
+their order, and the case a name arrived in; lookups are case-insensitive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from attrs import define, field
+
+
+class HTTPError(Exception):
+    """
+    A request the proxy refuses before it reaches any backend.
+
+    @ivar status: the 4xx/5xx status to answer with.
+    @ivar detail: a short human-readable reason, used in the response body and the log.
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.detail}"
+
+
+class Headers:
+    """
+    An ordered multi-map of header fields.
+
+    Each field is stored as C{[lower-cased name, name as received, value]}.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: list[list[bytes]] | None = None) -> None:
+        self.fields: list[list[bytes]] = fields if fields is not None else []
+
+    @classmethod
+    def of(cls, *pairs: tuple[bytes, bytes]) -> Headers:
+        """Build from C{(name, value)} pairs."""
+        return cls([[name.lower(), name, value] for name, value in pairs])
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        for _, name, value in self.fields:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __contains__(self, name: bytes) -> bool:
+        lname = name.lower()
+        return any(f[0] == lname for f in self.fields)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        """The first value of C{name}, or C{default}."""
+        lname = name.lower()
+        for f in self.fields:
+            if f[0] == lname:
+                return f[2]
+        return default
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        """Every value of C{name}, in order."""
+        lname = name.lower()
+        return [f[2] for f in self.fields if f[0] == lname]
+
+    def add(self, name: bytes, value: bytes) -> None:
+        """Append a field."""
+        self.fields.append([name.lower(), name, value])
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every C{name} field by one with C{value}, where the first one stood."""
+        lname = name.lower()
+        for i, f in enumerate(self.fields):
+            if f[0] == lname:
+                self.fields[i] = [lname, name, value]
+                self.fields[i + 1 :] = [g for g in self.fields[i + 1 :] if g[0] != lname]
+                return
+        self.fields.append([lname, name, value])
+
+    def remove(self, name: bytes) -> None:
+        """Drop every C{name} field."""
+        lname = name.lower()
+        self.fields = [f for f in self.fields if f[0] != lname]
+
+    def remove_all(self, lnames: set[bytes] | frozenset[bytes]) -> None:
+        """Drop every field whose lower-cased name is in C{lnames}."""
+        self.fields = [f for f in self.fields if f[0] not in lnames]
+
+    def tokens(self, name: bytes) -> list[bytes]:
+        """The comma-separated, lower-cased tokens of every C{name} field (e.g. C{Connection})."""
+        out: list[bytes] = []
+        for value in self.get_all(name):
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token:
+                    out.append(token)
+        return out
+
+    def serialize(self) -> bytes:
+        """The fields as wire bytes, each line ending in CRLF."""
+        return b"".join([f[1] + b": " + f[2] + b"\r\n" for f in self.fields])
+
+
+@define
+class RequestHead:
+    """
+    A request line and header fields.  C{version} is C{b"HTTP/1.1"} or C{b"HTTP/1.0"}.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Headers
+
+
+@define
+class ResponseHead:
+    """
+    A status line and header fields.
+    """
+
+    version: bytes
+    status: int
+    reason: bytes
+    headers: Headers
+
+
+@define
+class ErrorResponse:
+    """
+    A small response the proxy itself sends (an error page, an authentication challenge).
+    """
+
+    status: int
+    body: bytes = b""
+    headers: Headers = field(factory=Headers)
+
+
+@define(eq=False)
+class ProxyRequest:
+    """
+    One request on its way through the proxy, as authenticators and rewriters see it.
+
+    @ivar head: the request head as it will be sent to the backend (mutable).
+    @ivar client_ip: the peer address of the client connection.
+    @ivar scheme: C{"http"} or C{"https"}: how the client reached the proxy.
+    @ivar route: the route that matched.
+    @ivar backend: the backend chosen, once there is one.
+    @ivar identity: set by an authenticator to name the authenticated user.
+    @ivar request_id: the request's id (sent in C{X-Request-ID}).
+    @ivar notes: free space for extensions to pass things from request to response hooks.
+    """
+
+    head: RequestHead
+    client_ip: str
+    client_port: int
+    scheme: str
+    host: str
+    route: Any = None
+    backend: Any = None
+    identity: str | None = None
+    request_id: str = ""
+    notes: dict[str, Any] = field(factory=dict)
+
+
+@define
+class AccessRecord:
+    """
+    What the access log records of one request.
+    """
+
+    client_ip: str
+    method: str
+    target: str
+    version: str
+    status: int
+    bytes_sent: int
+    referer: str
+    user_agent: str
+    host: str
+    request_id: str
+    backend: str
+    pool: str
+    started: float
+    duration: float
+    backend_time: float | None
+    user: str | None = None

@@ -1,0 +1,112 @@
+"""
+The public extension points of twisted_rp.
+
+Every protocol reaches a backend the same way: it builds a L{PickContext}, asks an
+L{IBackendPool} for a L{Lease}, uses the backend the lease names, and releases the lease with
+an L{Outcome}.  HTTP requests additionally pass through authenticators and rewriters, in this
+order::
+
+    parse head -> route -> IAuthenticator(s) -> IRequestRewriter(s) -> IBackendPool.pick
+      -> backend -> response head -> IResponseRewriter(s) -> client
+
+Implementations are ordinary objects declared with C{@implementer}; the data they see is
+described by the attrs classes in L{twisted_rp.pool.backend} and L{twisted_rp.http.message}.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IBackendPool(Interface):
+    """
+    A named set of backends shared by every listener and route that names it.
+    """
+
+    name = Attribute("The pool's name (C{str}), as used in the configuration.")
+
+    def pick(context):  # type: ignore[no-untyped-def]
+        """
+        Choose a backend for one request or session.
+
+        @param context: what is known of the client and request.
+        @type context: L{twisted_rp.pool.backend.PickContext}
+
+        @return: a L{Deferred} firing with a L{twisted_rp.pool.backend.Lease}, or failing with
+            L{twisted_rp.pool.backend.NoBackendAvailable} naming the reason.  A pool that can
+            answer at once returns an already-fired L{Deferred}.
+        """
+
+    def backends():  # type: ignore[no-untyped-def]
+        """
+        @return: the pool's backends, in configuration order (a sequence of
+            L{twisted_rp.pool.backend.Backend}).
+        """
+
+
+class IBalancer(Interface):
+    """
+    Chooses one backend among those a pool considers usable.
+    """
+
+    def choose(candidates, context):  # type: ignore[no-untyped-def]
+        """
+        @param candidates: a non-empty sequence of usable L{Backend}s.
+        @param context: the L{PickContext} of the request.
+        @return: one of C{candidates}.
+        """
+
+
+class IAuthenticator(Interface):
+    """
+    Decides whether a request may proceed, before it is rewritten or sent anywhere.
+    """
+
+    def authenticate(request):  # type: ignore[no-untyped-def]
+        """
+        @param request: the L{twisted_rp.http.message.ProxyRequest} being handled; an
+            authenticator may add headers to C{request.head.headers} and set
+            C{request.identity}.
+        @return: L{None} to allow, a L{twisted_rp.http.message.ErrorResponse} to answer the
+            client instead, or a L{Deferred} firing with either.
+        """
+
+
+class IRequestRewriter(Interface):
+    """
+    Changes a request head before it goes to the backend.
+    """
+
+    def rewrite_request(request):  # type: ignore[no-untyped-def]
+        """
+        Mutate C{request.head} (method, target, headers) in place.  Called after authentication
+        and before a backend is picked; must not block.
+
+        @param request: the L{twisted_rp.http.message.ProxyRequest}.
+        """
+
+
+class IResponseRewriter(Interface):
+    """
+    Changes a response head before it goes to the client.
+    """
+
+    def rewrite_response(request, response):  # type: ignore[no-untyped-def]
+        """
+        Mutate C{response} (a L{twisted_rp.http.parser.ResponseHead}) in place.  Called once
+        per final response (not for 1xx), after hop-by-hop headers were removed.
+
+        @param request: the L{twisted_rp.http.message.ProxyRequest}, with C{request.backend}
+            set to the L{Backend} that answered.
+        """
+
+
+class IAccessLog(Interface):
+    """
+    Receives one record per completed (or failed) request.
+    """
+
+    def log(record):  # type: ignore[no-untyped-def]
+        """
+        @param record: a L{twisted_rp.http.message.AccessRecord}.
+        """
