@@ -1,0 +1,621 @@
+"""
+The configuration file: TOML parsed into immutable, fully validated objects.
+
+Every problem is reported as a L{ConfigError} naming the file and the key path, so a user can
+fix the file without reading a traceback.  The file format is described in
+C{docs/configuration.rst}.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+from attrs import frozen
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from twisted_rp.settings import (
+    HeaderPolicy,
+    Limits,
+    LogSettings,
+    Network,
+    ProxySettings,
+    Timeouts,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+PROTOCOLS = frozenset({"http"})
+BALANCERS = frozenset({"round_robin"})
+ACCESS_FORMATS = frozenset({"off", "combined", "json"})
+LOG_LEVELS = frozenset({"debug", "info", "warn", "error"})
+MAX_WEIGHT = 1000
+COMMAND_LINE = "<command line>"
+
+T = TypeVar("T")
+Check = Callable[[object], Any]
+
+_HOST_NAME = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+\Z", re.IGNORECASE)
+_ADDRESS = re.compile(r"\[(?P<ipv6>[^\]]+)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_PATH_PREFIX = re.compile(r"/[^\s?#]*\Z")
+
+
+class ConfigError(Exception):
+    """
+    A problem with the configuration; C{str()} is C{"<source>: <key>: <message>"}.
+
+    @ivar source: the file name, or C{"<command line>"}.
+    @ivar key: the key path, like C{pool.web.backends[2].address}; empty when the problem is
+        the whole file (unreadable, not TOML).
+    @ivar message: what is wrong, including the offending value.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(source, key, message)
+        self.source = source
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.source}: {self.key}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+
+@frozen
+class ListenerConfig:
+    """
+    Where the proxy accepts connections.
+
+    @ivar endpoint: a Twisted server endpoint string such as C{tcp:8080:interface=127.0.0.1}.
+    """
+
+    name: str
+    protocol: str
+    endpoint: str
+
+
+@frozen
+class BackendConfig:
+    """
+    One server of a pool.
+
+    @ivar host: a host name or IP address, without brackets for IPv6.
+    @ivar weight: share of the traffic relative to the pool's other backends; 0 sends none.
+    @ivar backup: only used when no non-backup backend is available.
+    """
+
+    name: str
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+
+    @property
+    def address(self) -> str:
+        """C{host:port}, with brackets around an IPv6 host."""
+        return _format_address(self.host, self.port)
+
+
+@frozen
+class PoolConfig:
+    """
+    A named group of interchangeable backends.
+
+    @ivar balance: one of L{BALANCERS}.
+    """
+
+    name: str
+    backends: tuple[BackendConfig, ...]
+    balance: str = "round_robin"
+
+
+@frozen
+class RouteConfig:
+    """
+    Which HTTP requests go to which pool.
+
+    @ivar hosts: lower-case host names the route matches (C{*.example.com} matches any
+        subdomain); empty matches every host.
+    @ivar strip_prefix: remove C{path_prefix} from the path sent to the backend.
+    @ivar preserve_host: send the client's C{Host}; otherwise the backend's C{host:port}.
+    @ivar listeners: names of the listeners the route applies to; empty means every HTTP
+        listener.
+    """
+
+    pool: str
+    hosts: tuple[str, ...] = ()
+    path_prefix: str = "/"
+    strip_prefix: bool = False
+    preserve_host: bool = True
+    listeners: tuple[str, ...] = ()
+
+
+@frozen
+class Config:
+    """
+    A whole, validated configuration.
+
+    @ivar source: the file it was read from, for messages.
+    """
+
+    listeners: tuple[ListenerConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    pools: tuple[PoolConfig, ...]
+    proxy: ProxySettings
+    log: LogSettings
+    source: str = "<config>"
+
+    def pool(self, name: str) -> PoolConfig:
+        """The pool called C{name}; L{KeyError} if there is none."""
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+
+# Value checks: each takes a raw TOML value and returns the converted value or raises _Invalid.
+
+
+class _Invalid(Exception):
+    """A value is wrong; C{suffix} locates it inside the value (C{"[2]"} for an array item)."""
+
+    def __init__(self, message: str, suffix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.suffix = suffix
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return repr(value)
+
+
+def _expected(what: str, value: object) -> _Invalid:
+    return _Invalid(f"expected {what}, got {_describe(value)}")
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _expected("a non-empty string", value)
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _expected("true or false", value)
+    return value
+
+
+def _positive_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise _expected("a positive number", value)
+    return float(value)
+
+
+def _integer(minimum: int, maximum: int = sys.maxsize) -> Callable[[object], int]:
+    bounds = f"from {minimum} to {maximum}" if maximum < sys.maxsize else f">= {minimum}"
+
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise _expected(f"an integer {bounds}", value)
+        return value
+
+    return check
+
+
+def _choice(choices: frozenset[str]) -> Callable[[object], str]:
+    expected = "one of " + ", ".join(repr(choice) for choice in sorted(choices))
+
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _expected(expected, value)
+        return value
+
+    return check
+
+
+def _list_of(check: Callable[[object], T]) -> Callable[[object], tuple[T, ...]]:
+    def check_all(value: object) -> tuple[T, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise _expected("an array", value)
+        result = []
+        for index, item in enumerate(value):
+            try:
+                result.append(check(item))
+            except _Invalid as invalid:
+                raise _Invalid(invalid.message, f"[{index}]{invalid.suffix}") from None
+        return tuple(result)
+
+    return check_all
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise _expected(what, value)
+        return value
+
+    return check
+
+
+_token = _matching(_TOKEN, "an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces)")
+_path_prefix = _matching(_PATH_PREFIX, "a path starting with '/', without spaces or a query")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _address(text: object, lowest_port: int = 1) -> tuple[str, int]:
+    """C{host:port} or C{[ipv6]:port} into its parts."""
+    match = _ADDRESS.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        if isinstance(text, str) and text.count(":") > 1 and "[" not in text:
+            raise _expected("host:port, with an IPv6 host in brackets like '[::1]:8080'", text)
+        raise _expected("host:port", text)
+    if match["ipv6"] is not None:
+        host, port = match["ipv6"], int(match["port6"])
+        if not _is_ipv6(host):
+            raise _expected("an IPv6 address between the brackets", text)
+    else:
+        host, port = match["host"], int(match["port"])
+        if not _HOST_NAME.match(host):
+            raise _expected("host:port", text)
+    if not lowest_port <= port <= 65535:
+        raise _expected(f"a port from {lowest_port} to 65535", text)
+    return host, port
+
+
+def _backend_url(value: object) -> tuple[str, int]:
+    """A quick-mode backend: C{host:port} or C{http://host:port}."""
+    text = _string(value)
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return _address(text)
+    if scheme.lower() != "http":
+        raise _expected("host:port or http://host:port (only http backends)", text)
+    address, _, path = rest.partition("/")
+    if path:
+        raise _expected("a backend URL without a path", text)
+    return _address(address)
+
+
+def _route_host(value: object) -> str:
+    text = _string(value).lower().rstrip(".")
+    if text.startswith("[") and text.endswith("]") and _is_ipv6(text[1:-1]):
+        return text
+    if ":" in text:
+        raise _expected("a host name without a port", value)
+    wildcard, name = ("*.", text[2:]) if text.startswith("*.") else ("", text)
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise _expected("a host name", value) from None
+    if not _HOST_NAME.match(name):
+        raise _expected("a host name like 'example.com' or '*.example.com'", value)
+    return wildcard + name
+
+
+def _network(value: object) -> Network:
+    try:
+        if isinstance(value, str):
+            return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        pass
+    raise _expected("an IP address or CIDR network like '10.0.0.0/8'", value)
+
+
+def _endpoint(value: object, what: str = "a Twisted server endpoint like 'tcp:8080'") -> str:
+    text = _string(value)
+    try:
+        # A memory reactor makes parsing check the syntax without listening anywhere.
+        serverFromString(MemoryReactor(), text)
+    except Exception as error:
+        raise _Invalid(f"expected {what}, got {text!r} ({error})") from None
+    return text
+
+
+def _listen(value: object) -> str:
+    """A quick-mode listener: an endpoint string, C{port} or C{host:port}."""
+    text = _string(value)
+    if text.isdigit():
+        if int(text) > 65535:
+            raise _expected("a port from 0 to 65535", text)
+        text = f"tcp:{text}"
+    try:
+        return _endpoint(text, "a port, host:port or Twisted server endpoint like 'tcp:8080'")
+    except _Invalid:
+        if not _ADDRESS.fullmatch(text):
+            raise
+    host, port = _address(text, lowest_port=0)
+    return _endpoint(f"tcp:{port}:interface={quoteStringArgument(host)}")
+
+
+# Reading tables.
+
+
+class _Section:
+    """A TOML table being read, which knows its key path so errors can name the exact key."""
+
+    def __init__(self, source: str, path: str, data: Mapping[str, object]) -> None:
+        self.source = source
+        self.path = path
+        self._data = data
+
+    def key(self, key: str) -> str:
+        """The full path of C{key} in this table."""
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.key(key), message)
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def allow(self, *names: str) -> None:
+        """Reject any key not in C{names}, suggesting the closest known one."""
+        for key in self._data:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "expected " + ", ".join(names)
+                raise self.error(key, f"unknown key ({hint})")
+
+    def _check(self, key: str, check: Callable[[object], T]) -> T:
+        try:
+            return check(self._data[key])
+        except _Invalid as invalid:
+            raise ConfigError(
+                self.source, self.key(key) + invalid.suffix, invalid.message
+            ) from None
+
+    def required(self, key: str, check: Callable[[object], T]) -> T:
+        if key not in self._data:
+            raise self.error(key, "required key is missing")
+        return self._check(key, check)
+
+    def optional(self, checks: Mapping[str, Check]) -> dict[str, Any]:
+        """The checked values of those of C{checks}' keys present, to pass as keywords."""
+        return {key: self._check(key, check) for key, check in checks.items() if key in self._data}
+
+    def _as_table(self, path: str, value: object) -> _Section:
+        if not isinstance(value, Mapping):
+            raise ConfigError(self.source, path, f"expected a table, got {_describe(value)}")
+        return _Section(self.source, path, value)
+
+    def table(self, key: str) -> _Section:
+        """A sub-table; an absent one reads as empty."""
+        return self._as_table(self.key(key), self._data.get(key, {}))
+
+    def tables(self, key: str) -> list[_Section]:
+        """An array of tables (C{[[key]]}); an absent one reads as empty."""
+        value = self._data.get(key, [])
+        if not isinstance(value, (list, tuple)):
+            raise self.error(key, f"expected an array of tables [[{key}]], got {_describe(value)}")
+        return [self._as_table(f"{self.key(key)}[{i}]", item) for i, item in enumerate(value)]
+
+    def named_tables(self, key: str) -> list[tuple[str, _Section]]:
+        """A table of tables (C{[key.NAME]}) as (name, table) pairs."""
+        table = self.table(key)
+        return [(name, table.table(name)) for name in table._data]
+
+
+def _listener(section: _Section) -> ListenerConfig:
+    section.allow("name", "protocol", "endpoint")
+    return ListenerConfig(
+        name=section.required("name", _string),
+        protocol=section.required("protocol", _choice(PROTOCOLS)),
+        endpoint=section.required("endpoint", _endpoint),
+    )
+
+
+def _backend(section: _Section) -> BackendConfig:
+    section.allow("address", "name", "weight", "backup")
+    host, port = section.required("address", _address)
+    options = section.optional(
+        {"name": _string, "weight": _integer(0, MAX_WEIGHT), "backup": _boolean}
+    )
+    options.setdefault("name", _format_address(host, port))
+    return BackendConfig(host=host, port=port, **options)
+
+
+def _pool(name: str, section: _Section) -> PoolConfig:
+    section.allow("balance", "backends")
+    backends: dict[str, BackendConfig] = {}
+    for table in section.tables("backends"):
+        backend = _backend(table)
+        if backend.name in backends:
+            key = "name" if table.has("name") else "address"
+            raise table.error(key, f"duplicate backend name {backend.name!r} in pool {name!r}")
+        backends[backend.name] = backend
+    if not backends:
+        raise section.error("backends", f"at least one [[pool.{name}.backends]] is required")
+    options = section.optional({"balance": _choice(BALANCERS)})
+    return PoolConfig(name=name, backends=tuple(backends.values()), **options)
+
+
+def _route(
+    section: _Section, pools: Mapping[str, PoolConfig], listeners: Mapping[str, ListenerConfig]
+) -> RouteConfig:
+    section.allow("hosts", "path_prefix", "strip_prefix", "pool", "preserve_host", "listeners")
+    pool = section.required("pool", _string)
+    if pool not in pools:
+        defined = ", ".join(pools) or "none"
+        raise section.error("pool", f"no pool named {pool!r} (defined: {defined})")
+    options = section.optional(
+        {
+            "hosts": _list_of(_route_host),
+            "path_prefix": _path_prefix,
+            "strip_prefix": _boolean,
+            "preserve_host": _boolean,
+            "listeners": _list_of(_string),
+        }
+    )
+    for index, name in enumerate(options.get("listeners", ())):
+        listener = listeners.get(name)
+        if listener is None or listener.protocol != "http":
+            problem = "no listener" if listener is None else "not an http listener"
+            raise section.error(f"listeners[{index}]", f"{problem} named {name!r}")
+    return RouteConfig(pool=pool, **options)
+
+
+_SettingsT = TypeVar("_SettingsT", Timeouts, Limits, HeaderPolicy, LogSettings)
+
+
+def _settings(
+    section: _Section, cls: type[_SettingsT], special: Mapping[str, Check] | None = None
+) -> _SettingsT:
+    """
+    Read a settings class from a table: every field is an optional key whose default is the
+    class's own, checked by C{special} or else according to the type of that default.
+    """
+    special = special or {}
+    checks: dict[str, Check] = {}
+    for field in attrs.fields(cls):
+        if field.name in special:
+            checks[field.name] = special[field.name]
+        elif isinstance(field.default, bool):
+            checks[field.name] = _boolean
+        elif isinstance(field.default, float):
+            checks[field.name] = _positive_number
+        elif isinstance(field.default, int):
+            checks[field.name] = _integer(1)
+        else:
+            raise TypeError(f"no configuration check for {cls.__name__}.{field.name}")
+    section.allow(*checks)
+    return cls(**section.optional(checks))
+
+
+def parse_config(data: Mapping[str, object], source: str) -> Config:
+    """
+    Validate a parsed TOML document.
+
+    @param source: the file name used in error messages.
+    @raise ConfigError: anything is wrong.
+    """
+    top = _Section(source, "", data)
+    top.allow("listener", "route", "pool", "timeouts", "limits", "headers", "log")
+
+    listeners: dict[str, ListenerConfig] = {}
+    for table in top.tables("listener"):
+        listener = _listener(table)
+        if listener.name in listeners:
+            raise table.error("name", f"duplicate listener name {listener.name!r}")
+        listeners[listener.name] = listener
+    if not listeners:
+        raise top.error("listener", "at least one [[listener]] is required")
+
+    pools = {name: _pool(name, table) for name, table in top.named_tables("pool")}
+    routes = tuple(_route(table, pools, listeners) for table in top.tables("route"))
+    if not routes:
+        raise top.error("route", "at least one [[route]] is required")
+
+    proxy = ProxySettings(
+        timeouts=_settings(top.table("timeouts"), Timeouts),
+        limits=_settings(
+            top.table("limits"),
+            Limits,
+            {"max_body": _integer(0), "backend_idle_connections": _integer(0)},
+        ),
+        headers=_settings(
+            top.table("headers"),
+            HeaderPolicy,
+            {
+                "via_name": _token,
+                "request_id_header": _token,
+                "trusted_proxies": _list_of(_network),
+            },
+        ),
+    )
+    log_table = top.table("log")
+    log = _settings(
+        log_table,
+        LogSettings,
+        {"access": _choice(ACCESS_FORMATS), "access_file": _string, "level": _choice(LOG_LEVELS)},
+    )
+    if log.access_file is not None and log.access == "off":
+        raise log_table.error("access_file", 'has no effect while log.access is "off"')
+    return Config(tuple(listeners.values()), routes, tuple(pools.values()), proxy, log, source)
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and validate a TOML configuration file.
+
+    @raise ConfigError: the file cannot be read, is not TOML, or anything in it is wrong.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read the file: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {error.start})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, "", f"invalid TOML: {error}") from None
+    return parse_config(data, path)
+
+
+def _command_line(option: str, check: Callable[[object], T], value: object) -> T:
+    try:
+        return check(value)
+    except _Invalid as invalid:
+        raise ConfigError(COMMAND_LINE, option, invalid.message) from None
+
+
+def quick_config(
+    listen: Sequence[str], backends: Sequence[str], balance: str = "round_robin"
+) -> Config:
+    """
+    The configuration of the command line's quick mode: every request to one pool.
+
+    @param listen: endpoint strings, ports or C{host:port}; the listeners are named
+        C{http-1}, C{http-2}...
+    @param backends: C{host:port} or C{http://host:port}, in pool C{"default"}.
+    @raise ConfigError: with source C{"<command line>"} and the option as key.
+    """
+    if not listen:
+        raise ConfigError(COMMAND_LINE, "--listen", "at least one is required")
+    if not backends:
+        raise ConfigError(COMMAND_LINE, "--backend", "at least one is required")
+    endpoints = [_command_line("--listen", _listen, text) for text in listen]
+    listeners = tuple(ListenerConfig(f"http-{n}", "http", e) for n, e in enumerate(endpoints, 1))
+    pool_backends: dict[str, BackendConfig] = {}
+    for text in backends:
+        host, port = _command_line("--backend", _backend_url, text)
+        backend = BackendConfig(name=_format_address(host, port), host=host, port=port)
+        if backend.name in pool_backends:
+            raise ConfigError(COMMAND_LINE, "--backend", f"{backend.name} is given twice")
+        pool_backends[backend.name] = backend
+    pool = PoolConfig(
+        name="default",
+        backends=tuple(pool_backends.values()),
+        balance=_command_line("--balance", _choice(BALANCERS), balance),
+    )
+    routes = (RouteConfig(pool=pool.name),)
+    return Config(listeners, routes, (pool,), ProxySettings(), LogSettings(), COMMAND_LINE)
