@@ -32,9 +32,11 @@ class IBackendPool(Interface):
         @param context: what is known of the client and request.
         @type context: L{twisted_rp.pool.backend.PickContext}
 
-        @return: a L{Deferred} firing with a L{twisted_rp.pool.backend.Lease}, or failing with
-            L{twisted_rp.pool.backend.NoBackendAvailable} naming the reason.  A pool that can
-            answer at once returns an already-fired L{Deferred}.
+        @return: a L{twisted_rp.pool.backend.Lease} when the pool can answer at once (the
+            common case, kept synchronous because it runs for every request), or a L{Deferred}
+            firing with one when the caller must wait (a full pool's queue).
+        @raise twisted_rp.pool.backend.NoBackendAvailable: naming the reason, when there is no
+            backend to offer now; a returned L{Deferred} fails with it after waiting.
         """
 
     def backends():  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ their order, and the case a name arrived in; lookups are case-insensitive.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from attrs import define, field
@@ -34,13 +35,57 @@ class Headers:
     """
     An ordered multi-map of header fields.
 
-    Each field is stored as C{[lower-cased name, name as received, value]}.
+    Each field is stored as C{[lower-cased name, name as received, value]}.  Headers parsed
+    from the wire start as their validated raw block and are split into fields only when
+    something asks for them, since most are forwarded as they came.
     """
 
-    __slots__ = ("fields",)
+    __slots__ = ("_fields", "_raw")
 
     def __init__(self, fields: list[list[bytes]] | None = None) -> None:
-        self.fields: list[list[bytes]] = fields if fields is not None else []
+        self._fields: list[list[bytes]] | None = fields if fields is not None else []
+        self._raw: bytes | None = None
+
+    @classmethod
+    def from_block(cls, block: bytes) -> Headers:
+        """
+        Headers from a validated block of CRLF-separated C{name: value} lines (no final CRLF).
+        """
+        headers = cls.__new__(cls)
+        headers._fields = None
+        headers._raw = block
+        return headers
+
+    @property
+    def raw(self) -> bytes | None:
+        """The unsplit block, while the fields were never asked for; else L{None}."""
+        return self._raw
+
+    def replace_raw(self, block: bytes) -> None:
+        """Replace the unsplit block (which must be valid) by C{block}."""
+        assert self._fields is None
+        self._raw = block
+
+    @property
+    def fields(self) -> list[list[bytes]]:
+        fields = self._fields
+        if fields is None:
+            raw = self._raw
+            fields = self._fields = (
+                [
+                    [name.lower(), name, value.strip(b" \t")]
+                    for name, _, value in (line.partition(b":") for line in raw.split(b"\r\n"))
+                ]
+                if raw
+                else []
+            )
+            self._raw = None
+        return fields
+
+    @fields.setter
+    def fields(self, fields: list[list[bytes]]) -> None:
+        self._fields = fields
+        self._raw = None
 
     @classmethod
     def of(cls, *pairs: tuple[bytes, bytes]) -> Headers:
@@ -93,7 +138,7 @@ class Headers:
         lname = name.lower()
         self.fields = [f for f in self.fields if f[0] != lname]
 
-    def remove_all(self, lnames: set[bytes] | frozenset[bytes]) -> None:
+    def remove_all(self, lnames: AbstractSet[bytes]) -> None:
         """Drop every field whose lower-cased name is in C{lnames}."""
         self.fields = [f for f in self.fields if f[0] not in lnames]
 
@@ -109,7 +154,9 @@ class Headers:
 
     def serialize(self) -> bytes:
         """The fields as wire bytes, each line ending in CRLF."""
-        return b"".join([f[1] + b": " + f[2] + b"\r\n" for f in self.fields])
+        if self._fields is None:
+            return self._raw + b"\r\n" if self._raw else b""
+        return b"".join([f[1] + b": " + f[2] + b"\r\n" for f in self._fields])
 
 
 @define

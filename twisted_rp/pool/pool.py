@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -50,13 +50,13 @@ class BackendPool:
         primaries = [b for b in self._backends if not b.backup]
         return primaries or [b for b in self._backends if b.backup]
 
-    def pick(self, context: PickContext) -> Deferred[Lease]:
+    def pick(self, context: PickContext) -> Lease | Deferred[Lease]:
         candidates = self.usable()
         if not candidates:
-            return fail(NoBackendAvailable(f"pool {self.name!r} has no usable backend"))
+            raise NoBackendAvailable(f"pool {self.name!r} has no usable backend")
         backend = self.balancer.choose(candidates, context)
         backend.active += 1
-        return succeed(Lease(backend, self))
+        return Lease(backend, self)
 
     def release(self, lease: Lease, outcome: Outcome) -> None:
         """Called by L{Lease.release}."""

@@ -1,0 +1,578 @@
+"""
+One request's way through the proxy: authentication, rewriting, picking a backend, streaming
+the request body out and the response back, and reporting how it went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_rp.http.body import LAST_CHUNK, ChunkedDecoder, LengthDecoder, encode_chunk
+from twisted_rp.http.forwarding import remove_hop_by_hop
+from twisted_rp.http.message import (
+    AccessRecord,
+    ErrorResponse,
+    HTTPError,
+    ProxyRequest,
+    RequestHead,
+    ResponseHead,
+)
+from twisted_rp.http.parser import Framing, RequestInfo, ResponseInfo
+from twisted_rp.http.routing import Route
+from twisted_rp.pool.backend import Lease, NoBackendAvailable, Outcome, PickContext
+
+if TYPE_CHECKING:
+    from twisted_rp.http.backend import BackendConnection
+    from twisted_rp.http.proxy import HTTPProxyProtocol
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_MAX_ATTEMPTS = 3
+_UPGRADE = frozenset({b"upgrade"})
+_NOTHING: frozenset[bytes] = frozenset()
+#: Response fields the proxy re-creates for the client connection.
+_RESPONSE_FRAMING = frozenset({b"content-length"})
+
+
+@implementer(IPushProducer)
+class Valve:
+    """A push producer that calls C{pause} and C{resume}; used to link two transports."""
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self.pauseProducing = pause
+        self.resumeProducing = resume
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("latin-1") if value else ""
+
+
+class Exchange:
+    """
+    A request from one client connection and the response to it.
+    """
+
+    __slots__ = (
+        "_out",
+        "attempts",
+        "backend_time",
+        "body_producer",
+        "bytes_sent",
+        "client_method",
+        "client_target",
+        "client_version",
+        "close_after",
+        "connection",
+        "decoder",
+        "expect_continue",
+        "finished",
+        "framing",
+        "front",
+        "head",
+        "info",
+        "lease",
+        "request",
+        "request_done",
+        "response_chunked",
+        "response_started",
+        "route",
+        "sent_at",
+        "started",
+        "status",
+        "upgrade",
+    )
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        front: HTTPProxyProtocol,
+        head: RequestHead,
+        info: RequestInfo,
+        route: Route,
+        request: ProxyRequest,
+        upgrade: bytes | None,
+    ) -> None:
+        self.front = front
+        self.head = head
+        self.info = info
+        self.framing = info.framing
+        self.route = route
+        self.request = request
+        self.expect_continue = info.expect is not None and info.framing.kind != "none"
+        self.upgrade = upgrade
+        self.client_method = head.method
+        self.client_target = head.target
+        self.client_version = head.version
+        self.lease: Lease | None = None
+        self.connection: BackendConnection | None = None
+        self.decoder: ChunkedDecoder | LengthDecoder | None = None
+        self.body_producer = False
+        self.request_done = False
+        self.response_started = False
+        self.response_chunked = False
+        self.close_after = False
+        self.finished = False
+        self.status = 0
+        self.bytes_sent = 0
+        self.attempts = 0
+        self.started = front.clock.seconds()
+        self.sent_at = 0.0
+        self.backend_time: float | None = None
+        self._out: list[bytes] = []
+
+    # Request side
+
+    def begin(self) -> None:
+        """Authenticate, rewrite and send the request."""
+        if self.route.authenticators:
+            self._authenticate(0)
+        else:
+            self._prepare()
+
+    def _authenticate(self, index: int) -> None:
+        authenticators = self.route.authenticators
+        while index < len(authenticators):
+            try:
+                verdict = authenticators[index].authenticate(self.request)
+            except Exception:
+                self._log.failure("authenticator {a!r} failed", a=authenticators[index])
+                self.fail(500, "authentication failed")
+                return
+            index += 1
+            if isinstance(verdict, Deferred):
+                verdict.addCallbacks(self._authenticated, self._auth_failed, callbackArgs=(index,))
+                return
+            if verdict is not None:
+                self.respond(verdict)
+                return
+        self._prepare()
+
+    def _authenticated(self, verdict: ErrorResponse | None, index: int) -> None:
+        if self.finished:
+            return
+        if verdict is not None:
+            self.respond(verdict)
+        else:
+            self._authenticate(index)
+
+    def _auth_failed(self, failure: Failure) -> None:
+        self._log.failure("authenticator failed", failure)
+        if not self.finished:
+            self.fail(500, "authentication failed")
+
+    def _prepare(self) -> None:
+        front = self.front
+        head = self.head
+        headers = head.headers
+        request = self.request
+        request.request_id = front.forwarding.apply(
+            headers,
+            self.info.connection,
+            request.client_ip,
+            request.scheme,
+            self.info.host,
+            front.local_port,
+            _UPGRADE if self.upgrade is not None else _NOTHING,
+            self.info.lowered,
+        )
+        if self.upgrade is not None:
+            headers.add(b"Connection", b"upgrade")
+        framing = self.framing
+        if framing.kind == "length":
+            headers.add(b"Content-Length", b"%d" % framing.length)
+        elif framing.kind == "chunked":
+            headers.add(b"Transfer-Encoding", b"chunked")
+        route = self.route
+        if route.strip_prefix:
+            head.target = route.backend_path(head.target)
+        for rewriter in route.request_rewriters:
+            rewriter.rewrite_request(request)
+        self._pick()
+
+    def _pick(self) -> None:
+        self.attempts += 1
+        request = self.request
+        headers = self.head.headers
+
+        def header(name: str) -> str | None:
+            value = headers.get(name.encode("latin-1"))
+            return None if value is None else value.decode("latin-1")
+
+        context = PickContext("http", request.client_ip, request.host, None, None, header)
+        try:
+            lease = self.route.pool.pick(context)
+        except NoBackendAvailable as e:
+            self._no_backend(Failure(e))
+            return
+        except Exception:
+            self._no_backend(Failure())
+            return
+        if isinstance(lease, Deferred):
+            lease.addCallbacks(self._picked, self._no_backend)
+        else:
+            self._picked(lease)
+
+    def _no_backend(self, failure: Failure) -> None:
+        if self.finished:
+            return
+        if failure.check(NoBackendAvailable):
+            self._log.warn(
+                "{request_id}: no backend: {reason}",
+                request_id=self.request.request_id,
+                reason=failure.getErrorMessage(),
+            )
+        else:
+            self._log.failure("picking a backend failed", failure)
+        self.fail(503, "no backend available")
+
+    def _picked(self, lease: Lease) -> None:
+        if self.finished:
+            lease.release(Outcome("aborted"))
+            return
+        self.lease = lease
+        self.request.backend = lease.backend
+        connection = self.front.connections.take_idle(lease.backend)
+        if connection is not None:
+            self._send(connection)
+        else:
+            self._connect_new()
+
+    def _connect_new(self) -> None:
+        assert self.lease is not None
+        self.front.connections.connect(self.lease.backend).addCallbacks(
+            self._connected, self._connect_failed
+        )
+
+    def _connected(self, connection: BackendConnection) -> None:
+        if self.finished:
+            connection.detach()
+            return
+        self._send(connection)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        lease, self.lease = self.lease, None
+        assert lease is not None
+        timed_out = failure.check(ConnectTimeout) is not None
+        lease.release(Outcome("timeout" if timed_out else "connect_failed"))
+        self._log.warn(
+            "{request_id}: cannot connect to backend {backend} ({address}): {reason}",
+            request_id=self.request.request_id,
+            backend=lease.backend.name,
+            address=lease.backend.address,
+            reason=failure.getErrorMessage(),
+        )
+        if self.finished:
+            return
+        if not failure.check(ConnectError, ConnectTimeout):
+            self._log.failure("unexpected connect failure", failure)
+        # Nothing was sent yet, so trying another backend is safe for any request.
+        if self.attempts < _MAX_ATTEMPTS and len(self.route.pool.backends()) > 1:
+            self._pick()
+        else:
+            self.fail(504 if timed_out else 502, "backend unavailable")
+
+    def _send(self, connection: BackendConnection) -> None:
+        self.connection = connection
+        connection.start(self, self.client_method)
+        front = self.front
+        head = self.head
+        if front.client_full:
+            connection.transport.pauseProducing()
+        data = (
+            head.method + b" " + head.target + b" HTTP/1.1\r\n" + head.headers.serialize() + b"\r\n"
+        )
+        if self.expect_continue:
+            front.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.sent_at = front.clock.seconds()
+        if self.upgrade is not None or self.framing.kind == "none":
+            connection.write(data)
+            self._request_sent()
+            return
+        self.decoder = (
+            LengthDecoder(self.framing.length)
+            if self.framing.kind == "length"
+            else ChunkedDecoder()
+        )
+        pending = front.take_buffer()
+        front.reading_body()
+        connection.transport.registerProducer(
+            Valve(lambda: front.pause_reading("backend"), lambda: front.resume_reading("backend")),
+            True,
+        )
+        self.body_producer = True
+        self._forward_body(pending, [data])
+
+    def client_body(self, data: bytes) -> None:
+        """Request body bytes arrived from the client."""
+        self._forward_body(data, [])
+
+    def _forward_body(self, data: bytes, out: list[bytes]) -> None:
+        assert self.decoder is not None and self.connection is not None
+        try:
+            pieces, leftover = self.decoder.feed(data) if data else ([], None)
+        except HTTPError as e:
+            self.fail(e.status, e.detail)
+            return
+        if self.framing.kind == "chunked":
+            out.extend(encode_chunk(p) for p in pieces)
+            if leftover is not None:
+                out.append(LAST_CHUNK)
+        else:
+            out.extend(pieces)
+        if out:
+            self.connection.write(out[0] if len(out) == 1 else b"".join(out))
+        if leftover is not None:
+            self._unregister_body_producer()
+            self.front.body_done(leftover)
+            self._request_sent()
+        else:
+            self.front.restart_timer(self.front.settings.timeouts.client_body)
+
+    def _unregister_body_producer(self) -> None:
+        if self.body_producer:
+            self.body_producer = False
+            connection = self.connection
+            if connection is not None and connection.transport is not None:
+                connection.transport.unregisterProducer()
+            self.front.resume_reading("backend")
+
+    def _request_sent(self) -> None:
+        self.request_done = True
+        if not self.response_started:
+            self.front.restart_timer(self.front.settings.timeouts.backend_first_byte)
+
+    # Response side (a ResponseSink for BackendConnection)
+
+    def on_informational(self, head: ResponseHead) -> bool:
+        if head.status == 101 and self.upgrade is not None:
+            self.on_response_head(head, ResponseInfo(Framing("none"), []))
+            self.front.start_tunnel(self)
+            return True
+        if head.status != 100 and self.client_version == b"HTTP/1.1":
+            remove_hop_by_hop(head.headers, [])
+            self._out.append(self._serialize_head(head))
+        return False
+
+    def on_response_head(self, head: ResponseHead, info: ResponseInfo) -> None:
+        front = self.front
+        self.response_started = True
+        self.status = head.status
+        self.backend_time = front.clock.seconds() - self.sent_at
+        framing = info.framing
+        connection = info.connection
+        headers = head.headers
+        kind = framing.kind
+        if info.cut is not None and headers.raw is not None and kind == "length":
+            self._fast_response_head(head, info.cut, headers.raw)
+            return
+        if head.status == 101:
+            self.close_after = True
+            remove_hop_by_hop(headers, connection, _NOTHING)
+            headers.fields = [f for f in headers.fields if f[0] != b"connection"]
+            headers.add(b"Connection", b"upgrade")
+            headers.add(b"Upgrade", self.upgrade or b"")
+        else:
+            # A bodiless response (HEAD, 204, 304) keeps its Content-Length: it describes the
+            # representation, not this message.
+            remove_hop_by_hop(
+                headers, connection, _NOTHING if kind == "none" else _RESPONSE_FRAMING
+            )
+            client_11 = self.client_version == b"HTTP/1.1"
+            if kind == "length":
+                headers.fields.append(
+                    [b"content-length", b"Content-Length", b"%d" % framing.length]
+                )
+            elif kind != "none":
+                if client_11:
+                    headers.fields.append([b"transfer-encoding", b"Transfer-Encoding", b"chunked"])
+                    self.response_chunked = True
+                else:
+                    self.close_after = True
+            if not self.request_done or front.closing or not front.wants_keepalive:
+                self.close_after = True
+            if self.close_after:
+                headers.fields.append([b"connection", b"Connection", b"close"])
+            elif not client_11:
+                headers.fields.append([b"connection", b"Connection", b"keep-alive"])
+        request = self.request
+        for rewriter in self.route.response_rewriters:
+            rewriter.rewrite_response(request, head)
+        self._out.append(self._serialize_head(head))
+
+    def _fast_response_head(self, head: ResponseHead, cut: tuple[int, int], raw: bytes) -> None:
+        # The common response: plain Content-Length, at most a Connection field to drop.
+        front = self.front
+        start, end = cut
+        if end:
+            raw = raw[:start] + raw[end:]
+        if not self.request_done or front.closing or not front.wants_keepalive:
+            self.close_after = True
+        if self.close_after:
+            raw = raw + b"\r\nConnection: close" if raw else b"Connection: close"
+        elif self.client_version != b"HTTP/1.1":
+            raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
+        head.headers.replace_raw(raw)
+        request = self.request
+        for rewriter in self.route.response_rewriters:
+            rewriter.rewrite_response(request, head)
+        self._out.append(self._serialize_head(head))
+
+    def _serialize_head(self, head: ResponseHead) -> bytes:
+        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, head.headers.serialize())
+
+    def on_response_body(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.bytes_sent += len(piece)
+        if self.response_chunked:
+            self._out.extend([encode_chunk(p) for p in pieces])
+        else:
+            self._out.extend(pieces)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def flush(self) -> None:
+        """Send what the last read from the backend produced, in one write."""
+        out = self._out
+        if out:
+            self._out = []
+            self.front.write(out[0] if len(out) == 1 else b"".join(out))
+            if not self.finished and self.status != 101:
+                self.front.restart_timer(self.front.settings.timeouts.backend_idle)
+
+    def on_response_end(self) -> None:
+        if self.response_chunked:
+            self._out.append(LAST_CHUNK)
+        self.flush()
+        outcome = Outcome("server_error" if self.status >= 500 else "ok", self._elapsed())
+        self._end(outcome, keep_alive=not self.close_after)
+
+    def on_backend_error(self, reason: str) -> None:
+        self._backend_failed(f"invalid response: {reason}", "bad_response", 502)
+
+    def on_backend_lost(self, reason: Failure) -> None:
+        connection = self.connection
+        if (
+            connection is not None
+            and not connection.received_response_bytes
+            and connection.requests > 1
+            and self.framing.kind == "none"
+            and self.client_method in _IDEMPOTENT
+            and self.upgrade is None
+        ):
+            # A reused connection the backend closed while idle: the request never reached
+            # it, so sending it again on a fresh connection is safe.
+            self.connection = None
+            self._connect_new()
+            return
+        self._backend_failed(f"connection lost: {reason.getErrorMessage()}", "bad_response", 502)
+
+    def timed_out(self) -> None:
+        """The backend took longer than the configured timeout to answer or to go on."""
+        if self.response_started:
+            self._backend_failed("timed out reading the response", "timeout", 504)
+        else:
+            self._backend_failed("timed out waiting for the response", "timeout", 504)
+
+    def _backend_failed(self, reason: str, kind: str, status: int) -> None:
+        self._log.warn(
+            "{request_id}: backend {backend} failed: {reason}",
+            request_id=self.request.request_id,
+            backend=self.lease.backend.name if self.lease else "?",
+            reason=reason,
+        )
+        if self.response_started:
+            # Never fake a clean end: the client must see the response is incomplete.
+            self._end(Outcome(kind, self._elapsed()), keep_alive=False, abort=True)
+        else:
+            self.fail(status, reason, outcome=Outcome(kind, self._elapsed()))
+
+    # Endings
+
+    def _elapsed(self) -> float:
+        return self.front.clock.seconds() - self.sent_at if self.sent_at else 0.0
+
+    def respond(self, response: ErrorResponse) -> None:
+        """Answer the client with a response of the proxy's own instead of a backend's."""
+        self.status = response.status
+        self.bytes_sent = len(response.body)
+        keep_alive = self.framing.kind == "none" and self.front.wants_keepalive
+        self.front.write_response(response, keep_alive)
+        self._end(Outcome("aborted"), keep_alive=keep_alive)
+
+    def fail(self, status: int, reason: str, outcome: Outcome | None = None) -> None:
+        """Answer with a small error page (the reason is logged, not shown for 5xx)."""
+        if self.finished:
+            return
+        if self.response_started:
+            self._end(outcome or Outcome("aborted"), keep_alive=False, abort=True)
+            return
+        self.status = status
+        self.front.write_error(status, reason)
+        self._end(outcome or Outcome("aborted"), keep_alive=False)
+
+    def client_lost(self) -> None:
+        """The client went away: abandon the backend request."""
+        if not self.finished:
+            self.close_after = True
+            self._end(Outcome("aborted", self._elapsed()), keep_alive=False, abort=True)
+
+    def _end(self, outcome: Outcome, keep_alive: bool, abort: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        connection = self.connection
+        if connection is not None:
+            self._unregister_body_producer()
+            self.connection = None
+            if self.front.client_full and connection.transport is not None:
+                connection.transport.resumeProducing()
+            if abort or not self.request_done or outcome.kind not in ("ok", "server_error"):
+                connection.abort()
+            else:
+                connection.detach()
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release(outcome)
+        if self.front.access_log is not None:
+            self._log_access()
+        self.front.exchange_done(keep_alive and self.request_done, abort)
+
+    def _log_access(self) -> None:
+        access_log = self.front.access_log
+        assert access_log is not None
+        headers = self.head.headers
+        request = self.request
+        backend: Any = request.backend
+        access_log.log(
+            AccessRecord(
+                client_ip=request.client_ip,
+                method=_text(self.client_method),
+                target=_text(self.client_target),
+                version=_text(self.client_version),
+                status=self.status,
+                bytes_sent=self.bytes_sent,
+                referer=_text(headers.get(b"referer")),
+                user_agent=_text(headers.get(b"user-agent")),
+                host=request.host,
+                request_id=request.request_id,
+                backend=backend.name if backend is not None else "",
+                pool=self.route.pool.name,
+                started=self.started,
+                duration=self.front.clock.seconds() - self.started,
+                backend_time=self.backend_time,
+                user=request.identity,
+            )
+        )

@@ -1,0 +1,236 @@
+"""
+What the proxy changes in the headers it forwards: hop-by-hop fields, and the fields that
+tell a backend who the client is (X-Forwarded-*, RFC 7239 Forwarded, Via, a request id).
+
+Both directions are rewritten in one pass over the fields: this runs for every request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from attrs import frozen
+
+from twisted_rp.http.message import Headers
+from twisted_rp.settings import HeaderPolicy
+
+#: RFC 9110 section 7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: Fields a peer may not remove by naming them in C{Connection}.
+_PROTECTED = frozenset({b"host", b"content-length"})
+
+_X_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")
+
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,200}").fullmatch
+_FORWARDED_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
+
+
+def remove_hop_by_hop(
+    headers: Headers, connection: list[bytes], also: frozenset[bytes] = frozenset()
+) -> None:
+    """
+    Drop hop-by-hop fields, those named in C{connection} (the C{Connection} tokens), and
+    C{also}.
+    """
+    drop = HOP_BY_HOP | also
+    if connection:
+        drop = drop | (frozenset(connection) - _PROTECTED)
+    headers.fields = [f for f in headers.fields if f[0] not in drop]
+
+
+def new_request_id() -> str:
+    """A random 128-bit request id, as 32 hex digits."""
+    return os.urandom(16).hex()
+
+
+def _forwarded_node(ip: str) -> bytes:
+    # RFC 7239 section 6: IPv6 addresses are bracketed and the value quoted.
+    return f'"[{ip}]"'.encode() if ":" in ip else ip.encode()
+
+
+def _forwarded_value(value: bytes) -> bytes:
+    return value if _FORWARDED_TOKEN(value) else b'"' + value.replace(b'"', b"") + b'"'
+
+
+_MERGE_XFF, _MERGE_FORWARDED, _MERGE_VIA, _REQUEST_ID, _KEEP_IF_TRUSTED = range(5)
+
+
+@frozen
+class RequestForwarding:
+    """
+    The forwarding fields one listener adds to requests, prepared once from its policy.
+    """
+
+    policy: HeaderPolicy
+    _drop: frozenset[bytes]
+    _special: dict[bytes, int]
+    _needs_fields: re.Pattern[bytes]
+    _via: bytes
+    _request_id_name: bytes
+
+    @classmethod
+    def from_policy(cls, policy: HeaderPolicy) -> RequestForwarding:
+        # Hop-by-hop fields, and the framing and expectation fields the proxy re-creates.
+        drop = HOP_BY_HOP | {b"content-length", b"expect"}
+        special: dict[bytes, int] = {}
+        if policy.x_forwarded:
+            special[b"x-forwarded-for"] = _MERGE_XFF
+            for name in _X_FORWARDED[1:]:
+                special[name] = _KEEP_IF_TRUSTED
+        if policy.forwarded:
+            special[b"forwarded"] = _MERGE_FORWARDED
+        if policy.via:
+            special[b"via"] = _MERGE_VIA
+        if policy.request_id:
+            special[policy.request_id_header.lower().encode()] = _REQUEST_ID
+        names = b"|".join(re.escape(name) for name in sorted(drop | set(special)))
+        needs_fields = re.compile(rb"(?:\A|\r\n)(?:" + names + rb"):")
+        return cls(
+            policy,
+            frozenset(drop),
+            special,
+            needs_fields,
+            b"1.1 " + policy.via_name.encode(),
+            policy.request_id_header.encode(),
+        )
+
+    def apply(
+        self,
+        headers: Headers,
+        connection: list[bytes],
+        client_ip: str,
+        scheme: str,
+        host: bytes | None,
+        local_port: int,
+        keep: frozenset[bytes] = frozenset(),
+        lowered: bytes | None = None,
+    ) -> str:
+        """
+        Rewrite request C{headers} for the backend: drop hop-by-hop fields (and those named in
+        C{connection}) except C{keep}, then add the forwarding fields.
+
+        Incoming forwarding fields are kept (and appended to) only from a trusted proxy; from
+        anyone else they are replaced, so a client cannot pose as another address or scheme.
+
+        @param lowered: the lower-cased raw field block, if C{headers} was never split.
+        @return: the request id (the client's if it sent a valid one, else a new one), or
+            C{""} when the policy adds none.
+        """
+        policy = self.policy
+        trusted = policy.trusts(client_ip)
+        raw = headers.raw
+        if (
+            raw is not None
+            and lowered is not None
+            and not connection
+            and not keep
+            and self._needs_fields.search(lowered) is None
+        ):
+            # Nothing to remove or merge: append to the block as it came.
+            return self._append_raw(headers, raw, client_ip, scheme, host, local_port)
+        drop = self._drop
+        if connection:
+            drop = drop | (frozenset(connection) - _PROTECTED)
+        if keep:
+            drop = drop - keep
+        special = self._special.get
+        kept: list[list[bytes]] = []
+        xff: list[bytes] = []
+        forwarded: list[bytes] = []
+        via: list[bytes] = []
+        present: set[bytes] = set()
+        incoming_id: bytes | None = None
+        for field in headers.fields:
+            lname = field[0]
+            if lname in drop:
+                continue
+            kind = special(lname)
+            if kind is None:
+                kept.append(field)
+            elif kind == _MERGE_VIA:
+                via.append(field[2])
+            elif kind == _REQUEST_ID:
+                incoming_id = field[2]
+            elif trusted:
+                if kind == _MERGE_XFF:
+                    xff.append(field[2])
+                elif kind == _MERGE_FORWARDED:
+                    forwarded.append(field[2])
+                else:
+                    present.add(lname)
+                    kept.append(field)
+        ip = client_ip.encode()
+        proto = scheme.encode()
+        if policy.x_forwarded:
+            xff.append(ip)
+            kept.append([b"x-forwarded-for", b"X-Forwarded-For", b", ".join(xff)])
+            if b"x-forwarded-proto" not in present:
+                kept.append([b"x-forwarded-proto", b"X-Forwarded-Proto", proto])
+            if host is not None and b"x-forwarded-host" not in present:
+                kept.append([b"x-forwarded-host", b"X-Forwarded-Host", host])
+            if b"x-forwarded-port" not in present:
+                kept.append([b"x-forwarded-port", b"X-Forwarded-Port", b"%d" % local_port])
+        if policy.forwarded:
+            element = b"for=" + _forwarded_node(client_ip) + b";proto=" + proto
+            if host is not None:
+                element += b";host=" + _forwarded_value(host)
+            forwarded.append(element)
+            kept.append([b"forwarded", b"Forwarded", b", ".join(forwarded)])
+        if policy.via:
+            via.append(b"1.1 " + policy.via_name.encode())
+            kept.append([b"via", b"Via", b", ".join(via)])
+        request_id = ""
+        if policy.request_id:
+            if incoming_id is not None and _VALID_REQUEST_ID(incoming_id):
+                request_id = incoming_id.decode("ascii")
+            else:
+                request_id = new_request_id()
+            name = policy.request_id_header.encode()
+            kept.append([name.lower(), name, request_id.encode()])
+        headers.fields = kept
+        return request_id
+
+    def _append_raw(
+        self,
+        headers: Headers,
+        raw: bytes,
+        client_ip: str,
+        scheme: str,
+        host: bytes | None,
+        local_port: int,
+    ) -> str:
+        policy = self.policy
+        ip = client_ip.encode()
+        proto = scheme.encode()
+        lines = [raw] if raw else []
+        if policy.x_forwarded:
+            lines.append(b"X-Forwarded-For: " + ip)
+            lines.append(b"X-Forwarded-Proto: " + proto)
+            if host is not None:
+                lines.append(b"X-Forwarded-Host: " + host)
+            lines.append(b"X-Forwarded-Port: %d" % local_port)
+        if policy.forwarded:
+            element = b"Forwarded: for=" + _forwarded_node(client_ip) + b";proto=" + proto
+            if host is not None:
+                element += b";host=" + _forwarded_value(host)
+            lines.append(element)
+        if policy.via:
+            lines.append(b"Via: " + self._via)
+        request_id = ""
+        if policy.request_id:
+            request_id = new_request_id()
+            lines.append(self._request_id_name + b": " + request_id.encode())
+        headers.replace_raw(b"\r\n".join(lines))
+        return request_id

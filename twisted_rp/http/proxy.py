@@ -1,0 +1,415 @@
+"""
+The client side of the HTTP/1.1 reverse proxy: reading requests, in order, from one client
+connection, and the factory a listener serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rp.http.backend import BackendConnections
+from twisted_rp.http.exchange import Exchange, Valve
+from twisted_rp.http.forwarding import RequestForwarding
+from twisted_rp.http.message import ErrorResponse, HTTPError, ProxyRequest
+from twisted_rp.http.parser import analyze_request, parse_request_head, split_absolute_target
+from twisted_rp.http.routing import Router
+from twisted_rp.interfaces import IAccessLog
+from twisted_rp.sendnow import writer_for
+from twisted_rp.settings import ProxySettings
+
+_REASONS = {
+    100: b"Continue",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+# Connection states.
+_HEAD, _BUSY, _BODY, _TUNNEL, _CLOSED = range(5)
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for C{status}."""
+    return _REASONS.get(status, b"Unknown")
+
+
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection.  Requests are handled one at a time; bytes of pipelined requests
+    wait (bounded) until the response before them is complete.
+    """
+
+    _log = Logger()
+    # A TCP transport (or a TLS one around it): the producer and abort methods are used.
+    transport: Any
+
+    def __init__(self, factory: HTTPProxyFactory) -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self.clock = factory.clock
+        self.connections = factory.connections
+        self.access_log = factory.access_log
+        self.forwarding = factory.forwarding
+        self.client_full = False
+        self.closing = False
+        self.wants_keepalive = True
+        self.exchange: Exchange | None = None
+        self._state = _HEAD
+        self._buffer = b""
+        self._paused: set[str] = set()
+        self._timer: IDelayedCall | None = None
+        self._head_started = False
+        self._reading_heads = False
+
+    def connectionMade(self) -> None:
+        self.write = writer_for(self.transport, self.factory.send_now)
+        _no_delay(self.transport)
+        peer: Any = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        self.client_port = getattr(peer, "port", 0) or 0
+        self.local_port = getattr(self.transport.getHost(), "port", 0) or 0
+        self._timer = self.clock.callLater(self.settings.timeouts.client_header, self._timed_out)
+        # Registered once for the connection's life: it pauses whichever backend connection
+        # is answering when the client reads more slowly than the backend sends.
+        self.transport.registerProducer(Valve(self._client_full, self._client_drained), True)
+
+    def _client_full(self) -> None:
+        self.client_full = True
+        exchange = self.exchange
+        if exchange is not None and exchange.connection is not None:
+            exchange.connection.transport.pauseProducing()
+
+    def _client_drained(self) -> None:
+        self.client_full = False
+        exchange = self.exchange
+        if exchange is not None and exchange.connection is not None:
+            exchange.connection.transport.resumeProducing()
+
+    # Reading
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self._state
+        if state == _BODY:
+            assert self.exchange is not None
+            self.exchange.client_body(data)
+        elif state == _TUNNEL:
+            assert self.exchange is not None and self.exchange.connection is not None
+            self.exchange.connection.write(data)
+        elif state == _HEAD:
+            self._buffer = self._buffer + data if self._buffer else data
+            self._read_heads()
+        elif state == _BUSY:
+            self._buffer += data
+            if len(self._buffer) > self.settings.limits.max_header_bytes:
+                self.pause_reading("pipeline")
+
+    def _read_heads(self) -> None:
+        # Requests answered at once (errors) end inside this loop; it, not recursion, goes on
+        # to the next pipelined request.
+        if self._reading_heads:
+            return
+        self._reading_heads = True
+        try:
+            self._read_heads_loop()
+        finally:
+            self._reading_heads = False
+
+    def _read_heads_loop(self) -> None:
+        limits = self.settings.limits
+        while self._state == _HEAD and self._buffer:
+            buffer = self._buffer
+            if buffer.startswith(b"\r\n"):
+                # RFC 9112 section 2.2: ignore an empty line before a request line.
+                self._buffer = buffer[2:]
+                continue
+            if not self._head_started:
+                self._head_started = True
+                self.restart_timer(self.settings.timeouts.client_header)
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > limits.max_header_bytes:
+                    self._reject(HTTPError(431, "request head too large"))
+                elif buffer.find(b"\r\n", 0, limits.max_request_line + 2) < 0 and (
+                    len(buffer) > limits.max_request_line
+                ):
+                    self._reject(HTTPError(414, "request line too long"))
+                return
+            if end > limits.max_header_bytes:
+                self._reject(HTTPError(431, "request head too large"))
+                return
+            self._buffer = buffer[end + 4 :]
+            self._head_started = False
+            self._state = _BUSY
+            self._start_exchange(buffer[:end])
+
+    def _start_exchange(self, raw: bytes) -> None:
+        limits = self.settings.limits
+        try:
+            head = parse_request_head(raw, limits.max_request_line, limits.max_headers)
+            info = analyze_request(head)
+        except HTTPError as e:
+            self._reject(e)
+            return
+        framing = info.framing
+        if head.target[:1] != b"/" and head.target != b"*":
+            # Absolute form: the authority in the target wins over Host (RFC 9112 3.2.2).
+            authority, head.target = split_absolute_target(head.target)
+            if authority is not None:
+                head.headers.set(b"Host", authority)
+        host = _host_name(info.host)
+        connection_tokens = info.connection
+        if head.version == b"HTTP/1.1":
+            self.wants_keepalive = b"close" not in connection_tokens
+        else:
+            self.wants_keepalive = b"keep-alive" in connection_tokens
+        route = self.factory.router.route(host, _path(head.target))
+        request = ProxyRequest(
+            head=head,
+            client_ip=self.client_ip,
+            client_port=self.client_port,
+            scheme=self.factory.scheme,
+            host=host,
+            route=route,
+        )
+        expect = info.expect
+        upgrade = info.upgrade if b"upgrade" in connection_tokens else None
+        if framing.kind != "none" or head.version != b"HTTP/1.1":
+            upgrade = None
+        error: HTTPError | None = None
+        if route is None:
+            error = HTTPError(404, "no route for this host and path")
+        elif expect is not None and expect.lower() != b"100-continue":
+            error = HTTPError(417, "unsupported expectation")
+        elif limits.max_body and framing.kind == "length" and framing.length > limits.max_body:
+            error = HTTPError(413, "request body too large")
+        if error is not None:
+            if framing.kind != "none":
+                self.wants_keepalive = False
+            self.write_error(error.status, error.detail, keep_alive=self.wants_keepalive)
+            self.exchange_done(self.wants_keepalive, False)
+            return
+        assert route is not None
+        self.exchange = Exchange(self, head, info, route, request, upgrade)
+        self.restart_timer(self.settings.timeouts.backend_first_byte)
+        self.exchange.begin()
+
+    def _reject(self, error: HTTPError) -> None:
+        self._log.info("{client}: rejected request: {error}", client=self.client_ip, error=error)
+        self._state = _BUSY
+        self.write_error(error.status, error.detail)
+        self.exchange_done(False, False)
+
+    # Called by the exchange
+
+    def take_buffer(self) -> bytes:
+        """Bytes received after the head and not yet handed on."""
+        buffer, self._buffer = self._buffer, b""
+        return buffer
+
+    def reading_body(self) -> None:
+        """Hand further bytes to C{exchange} as request body."""
+        self._state = _BODY
+        self.resume_reading("pipeline")
+        self.restart_timer(self.settings.timeouts.client_body)
+
+    def body_done(self, leftover: bytes) -> None:
+        """The request body ended; C{leftover} starts the next request."""
+        self._state = _BUSY
+        self._buffer = leftover
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """After a 101, relay raw bytes both ways until either side closes."""
+        self._state = _TUNNEL
+        self.stop_timer()
+        connection = exchange.connection
+        assert connection is not None
+        connection.transport.registerProducer(
+            Valve(lambda: self.pause_reading("backend"), lambda: self.resume_reading("backend")),
+            True,
+        )
+        exchange.body_producer = True
+        if self._buffer:
+            connection.write(self.take_buffer())
+        self.resume_reading("pipeline")
+
+    def exchange_done(self, keep_alive: bool, abort: bool) -> None:
+        """The response (or error) for the current request was written."""
+        self.exchange = None
+        if self._state == _CLOSED:
+            return
+        if abort:
+            self._close(abort=True)
+            return
+        if not keep_alive or self.closing:
+            self._close(abort=False)
+            return
+        self._state = _HEAD
+        self.restart_timer(self.settings.timeouts.client_keepalive)
+        self.resume_reading("pipeline")
+        if self._buffer:
+            self._read_heads()
+
+    def _close(self, abort: bool) -> None:
+        self._state = _CLOSED
+        self.stop_timer()
+        self._buffer = b""
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # Writing
+
+    def write_error(self, status: int, detail: str, keep_alive: bool = False) -> None:
+        """A small plain-text error page; the detail is shown only for client errors."""
+        body = b"%d %s\n" % (status, reason_phrase(status))
+        if status < 500:
+            body += detail.encode("utf-8", "replace") + b"\n"
+        self.write_response(ErrorResponse(status, body), keep_alive)
+
+    def write_response(self, response: ErrorResponse, keep_alive: bool) -> None:
+        """Send a complete response the proxy made itself."""
+        headers = response.headers
+        headers.set(b"Content-Type", headers.get(b"content-type") or b"text/plain; charset=utf-8")
+        headers.set(b"Content-Length", b"%d" % len(response.body))
+        if not keep_alive:
+            headers.set(b"Connection", b"close")
+        self.write(
+            b"HTTP/1.1 %d %s\r\n%s\r\n%s"
+            % (response.status, reason_phrase(response.status), headers.serialize(), response.body)
+        )
+
+    # Flow control and timers
+
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading from the client until every reason to is withdrawn."""
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and self._state != _CLOSED:
+                self.transport.resumeProducing()
+
+    def restart_timer(self, seconds: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        # One timer serves every phase; the state says which timeout it was.
+        self._timer = None
+        state = self._state
+        exchange = self.exchange
+        if state == _HEAD:
+            if self._head_started or self._buffer:
+                self._log.info("{client}: timed out reading a request head", client=self.client_ip)
+                self.write_error(408, "timed out reading the request")
+            self._close(abort=False)
+        elif state == _BODY and exchange is not None and not exchange.response_started:
+            self._log.info("{client}: timed out reading a request body", client=self.client_ip)
+            exchange.fail(408, "timed out reading the request")
+        elif exchange is not None:
+            exchange.timed_out()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._state = _CLOSED
+        self.stop_timer()
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_lost()
+
+    def shutdown(self) -> None:
+        """Close once the current response is complete (or now, if idle)."""
+        self.closing = True
+        if self.exchange is None and self._state in (_HEAD, _BUSY):
+            self._close(abort=False)
+
+
+def _no_delay(transport: Any) -> None:
+    # Responses go out in one write; Nagle would hold back the next one for a delayed ACK.
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
+def _host_name(host: bytes | None) -> str:
+    if not host:
+        return ""
+    text = host.decode("ascii", "replace").lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1]
+    return text.rsplit(":", 1)[0].rstrip(".")
+
+
+def _path(target: bytes) -> str:
+    end = target.find(b"?")
+    return (target if end < 0 else target[:end]).decode("latin-1")
+
+
+class HTTPProxyFactory(Factory):
+    """
+    Serves one listener: reverse-proxies every connection by C{router}.
+
+    @param reactor: provides TCP (for backend connections) and time.
+    @param scheme: C{"http"} or C{"https"}, as the client sees it.
+    @param connections: backend connections, shared with other factories if given.
+    @param send_now: use the immediate write path (L{twisted_rp.sendnow}) where possible.
+    """
+
+    protocol = HTTPProxyProtocol
+
+    def __init__(
+        self,
+        reactor: Any,
+        router: Router,
+        settings: ProxySettings = ProxySettings(),
+        scheme: str = "http",
+        access_log: IAccessLog | None = None,
+        connections: BackendConnections | None = None,
+        send_now: bool = True,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.router = router
+        self.settings = settings
+        self.scheme = scheme
+        self.access_log = access_log
+        self.send_now = send_now
+        self.forwarding = RequestForwarding.from_policy(settings.headers)
+        self.connections = connections or BackendConnections(
+            reactor, reactor, settings.timeouts, settings.limits, send_now
+        )
+        self._reactor_tcp: IReactorTCP = reactor
+
+    def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
+        return HTTPProxyProtocol(self)
+
+    def stopFactory(self) -> None:
+        self.connections.close_idle()

@@ -1,0 +1,109 @@
+"""
+Routes: which pool serves a request, chosen by host name and path prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from attrs import field, frozen
+
+from twisted_rp.interfaces import (
+    IAuthenticator,
+    IBackendPool,
+    IRequestRewriter,
+    IResponseRewriter,
+)
+
+
+def _lower_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(h.lower().rstrip(".") for h in hosts)
+
+
+@frozen(eq=False)
+class Route:
+    """
+    Requests for C{hosts} (any host when empty; C{*.example.com} matches every subdomain of
+    example.com) whose path starts with C{path_prefix} go to C{pool}.
+
+    @ivar strip_prefix: remove C{path_prefix} from the path sent to the backend.
+    @ivar preserve_host: send the client's C{Host}; otherwise the backend's address.
+    """
+
+    pool: IBackendPool
+    hosts: tuple[str, ...] = field(default=(), converter=_lower_hosts)
+    path_prefix: str = "/"
+    strip_prefix: bool = False
+    preserve_host: bool = True
+    authenticators: tuple[IAuthenticator, ...] = field(default=(), converter=tuple)
+    request_rewriters: tuple[IRequestRewriter, ...] = field(default=(), converter=tuple)
+    response_rewriters: tuple[IResponseRewriter, ...] = field(default=(), converter=tuple)
+    name: str = ""
+
+    def host_rank(self, host: str) -> int:
+        """
+        How specifically this route names C{host}: 3 exact, 2 wildcard, 1 any host, 0 not at all.
+        """
+        if not self.hosts:
+            return 1
+        rank = 0
+        for pattern in self.hosts:
+            if pattern == host:
+                return 3
+            if (
+                pattern.startswith("*.")
+                and host.endswith(pattern[1:])
+                and len(host) > len(pattern) - 1
+            ):
+                rank = 2
+        return rank
+
+    def path_matches(self, path: str) -> bool:
+        """Whether C{path} is under C{path_prefix}, on a segment boundary."""
+        prefix = self.path_prefix
+        if prefix == "/" or path == prefix:
+            return True
+        if not path.startswith(prefix):
+            return False
+        return prefix.endswith("/") or path[len(prefix)] in "/?"
+
+    def backend_path(self, target: bytes) -> bytes:
+        """The request target to send to the backend."""
+        if not self.strip_prefix or self.path_prefix == "/":
+            return target
+        rest = target[len(self.path_prefix.rstrip("/").encode()) :]
+        if not rest.startswith(b"/"):
+            rest = b"/" + rest
+        return rest
+
+
+class Router:
+    """
+    Chooses the most specific route: exact host over wildcard over any host, then the longest
+    path prefix, then configuration order.
+    """
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        self._cache: dict[str, list[Route]] = {}
+
+    def _candidates(self, host: str) -> list[Route]:
+        # The host part of the decision is the same for every request to a host, so it is
+        # computed once; the cache is bounded to stop a client from growing it with made-up names.
+        found = self._cache.get(host)
+        if found is None:
+            ranked = [
+                (r.host_rank(host), -len(r.path_prefix), i, r) for i, r in enumerate(self.routes)
+            ]
+            best = sorted((t for t in ranked if t[0] > 0), key=lambda t: (-t[0], t[1], t[2]))
+            found = [t[3] for t in best]
+            if len(self._cache) < 1024:
+                self._cache[host] = found
+        return found
+
+    def route(self, host: str, path: str) -> Route | None:
+        """The route for a request, or L{None} if none applies."""
+        for route in self._candidates(host):
+            if route.path_matches(path):
+                return route
+        return None
