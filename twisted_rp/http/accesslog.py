@@ -1,0 +1,188 @@
+"""
+Access logs: one line per request, in the combined format or as JSON.
+
+An L{AccessLog} formats each L{AccessRecord} and hands the line (without a newline) to a
+writer; L{AccessLog.to_file} writes to a size-rotated file and L{AccessLog.to_logger} to the
+twistd log.  Build one from the configuration's L{LogSettings} with L{access_log_from_settings}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+from attrs import asdict, field, frozen
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
+
+from twisted_rp.http.message import AccessRecord
+from twisted_rp.interfaces import IAccessLog
+from twisted_rp.settings import LogSettings
+
+FORMATS = ("combined", "json")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _escape(value: str) -> str:
+    """
+    Make C{value} safe inside a double-quoted field: a client controls the request line,
+    Referer and User-Agent, and must not be able to forge fields or lines.
+    """
+    out = []
+    for char in value:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char.isprintable() and char.isascii():
+            out.append(char)
+        else:
+            out.append("".join(f"\\x{byte:02X}" for byte in char.encode("utf-8")))
+    return "".join(out)
+
+
+def _field(value: str | None) -> str:
+    """An unquoted field: C{-} when empty, never containing a space."""
+    if not value:
+        return "-"
+    return _escape(value).replace(" ", "\\x20")
+
+
+def _clf_time(timestamp: float) -> str:
+    """C{10/Oct/2000:13:55:36 +0000}: the common log format's time, in UTC."""
+    t = time.gmtime(timestamp)
+    return (
+        f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year:04d}:"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
+
+
+def format_combined(record: AccessRecord) -> str:
+    """
+    The Apache/nginx combined format followed by the request id, backend, pool, request time
+    and backend time (seconds; C{-} when no backend answered)::
+
+        127.0.0.1 - alice [10/Oct/2000:13:55:36 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/8.5"
+            rid=5f0c backend=web-1 pool=web rt=0.012 bt=0.010
+
+    (one line).  Times are in UTC.
+    """
+    if record.method:
+        request_line = _escape(f"{record.method} {record.target} {record.version}")
+    else:
+        request_line = "-"
+    backend_time = "-" if record.backend_time is None else f"{record.backend_time:.3f}"
+    return (
+        f"{_field(record.client_ip)} - {_field(record.user)} [{_clf_time(record.started)}] "
+        f'"{request_line}" {record.status} {record.bytes_sent} '
+        f'"{_escape(record.referer) or "-"}" "{_escape(record.user_agent) or "-"}" '
+        f"rid={_field(record.request_id)} backend={_field(record.backend)} "
+        f"pool={_field(record.pool)} rt={record.duration:.3f} bt={backend_time}"
+    )
+
+
+def format_json(record: AccessRecord) -> str:
+    """One JSON object with every field of C{record}, on one line."""
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+_FORMATTERS: dict[str, Callable[[AccessRecord], str]] = {
+    "combined": format_combined,
+    "json": format_json,
+}
+
+
+def _formatter(name: str) -> Callable[[AccessRecord], str]:
+    if name not in _FORMATTERS:
+        raise ValueError(f"unknown access log format {name!r}; use one of {', '.join(FORMATS)}")
+    return _FORMATTERS[name]
+
+
+@implementer(IAccessLog)
+@frozen
+class AccessLog:
+    """
+    Formats each record and hands the line to C{write}.
+
+    @ivar format: C{"combined"} or C{"json"}.
+    @ivar write: called with one line of text, without its newline.
+    @ivar close: releases whatever C{write} writes to (a file); the log is unusable afterwards.
+    """
+
+    format: str = field()
+    write: Callable[[str], None]
+    close: Callable[[], None] = _nothing
+    _format_record: Callable[[AccessRecord], str] = field(init=False)
+
+    @format.validator
+    def _check_format(self, attribute: object, value: str) -> None:
+        _formatter(value)
+
+    @_format_record.default
+    def _pick_formatter(self) -> Callable[[AccessRecord], str]:
+        return _formatter(self.format)
+
+    def log(self, record: AccessRecord) -> None:
+        self.write(self._format_record(record))
+
+    @classmethod
+    def to_file(
+        cls,
+        format: str,
+        path: str,
+        rotate_length: int = 100_000_000,
+        max_rotated_files: int | None = 10,
+    ) -> AccessLog:
+        """
+        Append to the file at C{path}; when it reaches C{rotate_length} bytes it is renamed
+        C{path.1} (older ones shift to C{.2}, ...; beyond C{max_rotated_files} they are deleted).
+
+        @raise OSError: if the file cannot be opened.
+        """
+        full_path = os.path.abspath(path)
+        logfile = LogFile(
+            os.path.basename(full_path),
+            os.path.dirname(full_path),
+            rotateLength=rotate_length,
+            maxRotatedFiles=max_rotated_files,
+        )
+
+        def write(line: str) -> None:
+            # A request still finishing while the application stops is not worth a crash.
+            if logfile.closed:
+                return
+            # Bytes, so that the size that decides rotation counts bytes, not characters.
+            logfile.write((line + "\n").encode("utf-8"))
+
+        return cls(format, write, logfile.close)
+
+    @classmethod
+    def to_logger(cls, format: str, logger: Logger | None = None) -> AccessLog:
+        """
+        Emit each line as an info event of C{logger} (by default one in the
+        C{twisted_rp.access} namespace), which twistd writes to its log.
+        """
+        target = logger if logger is not None else Logger(namespace="twisted_rp.access")
+
+        def write(line: str) -> None:
+            target.info("{access_line}", access_line=line)
+
+        return cls(format, write)
+
+
+def access_log_from_settings(settings: LogSettings) -> AccessLog | None:
+    """
+    The access log C{settings} ask for: L{None} when C{settings.access} is C{"off"}, otherwise
+    one writing to C{settings.access_file} or, without one, to the twistd log.
+    """
+    if settings.access == "off":
+        return None
+    if settings.access_file is None:
+        return AccessLog.to_logger(settings.access)
+    return AccessLog.to_file(settings.access, settings.access_file)
