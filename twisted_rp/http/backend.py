@@ -183,10 +183,16 @@ class BackendConnection(Protocol):
                 if buffer:
                     sink.on_response_body([buffer])
                 return
-            self._decoder = LengthDecoder(framing.length) if kind == "length" else ChunkedDecoder()
+            decoder = self._decoder = (
+                LengthDecoder(framing.length) if kind == "length" else ChunkedDecoder()
+            )
             self._state = _BODY
             if buffer:
-                self._process(sink, buffer)
+                pieces, leftover = decoder.feed(buffer)
+                if pieces:
+                    sink.on_response_body(pieces)
+                if leftover is not None:
+                    self._finish(sink, leftover)
             return
 
     def _finish(self, sink: ResponseSink, leftover: bytes) -> None:

@@ -290,6 +290,8 @@ class Exchange:
         head = self.head
         if front.client_full:
             connection.transport.pauseProducing()
+        if not self.route.preserve_host:
+            head.headers.set(b"Host", connection.backend.address.encode("ascii"))
         data = (
             head.method + b" " + head.target + b" HTTP/1.1\r\n" + head.headers.serialize() + b"\r\n"
         )
@@ -443,19 +445,23 @@ class Exchange:
     def on_tunnel_data(self, data: bytes) -> None:
         self._out.append(data)
 
-    def flush(self) -> None:
-        """Send what the last read from the backend produced, in one write."""
+    def flush(self, more: bool = True) -> None:
+        """
+        Send what the last read from the backend produced, in one write.
+
+        @param more: whether more of the response is expected (the idle timeout restarts).
+        """
         out = self._out
         if out:
             self._out = []
             self.front.write(out[0] if len(out) == 1 else b"".join(out))
-            if not self.finished and self.status != 101:
+            if more and not self.finished and self.status != 101:
                 self.front.restart_timer(self.front.settings.timeouts.backend_idle)
 
     def on_response_end(self) -> None:
         if self.response_chunked:
             self._out.append(LAST_CHUNK)
-        self.flush()
+        self.flush(more=False)
         outcome = Outcome("server_error" if self.status >= 500 else "ok", self._elapsed())
         self._end(outcome, keep_alive=not self.close_after)
 

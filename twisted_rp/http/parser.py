@@ -554,4 +554,9 @@ def _analyze_raw_response(
             return None
     if length is None:
         return None
-    return ResponseInfo(_response_framing(request_method, head, [], [length]), connection, cut)
+    status = head.status
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        framing = _NO_BODY
+    else:
+        framing = _length_framing(int(length))
+    return ResponseInfo(framing, connection, cut)

@@ -312,15 +312,18 @@ class HTTPProxyProtocol(Protocol):
                 self.transport.resumeProducing()
 
     def restart_timer(self, seconds: float) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
+        """(Re)arm the connection's one timer; C{_timed_out} decides what expired."""
+        # _timer is None whenever it is not pending, so reset() is always legal here.
+        timer = self._timer
+        if timer is not None:
+            timer.reset(seconds)
         else:
             self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _timed_out(self) -> None:
         # One timer serves every phase; the state says which timeout it was.

@@ -4,7 +4,7 @@ Backend pools and the round-robin balancer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -30,6 +30,10 @@ class RoundRobin:
         return backend
 
 
+def _backend_list(backends: Iterable[Backend]) -> list[Backend]:
+    return list(backends)
+
+
 @implementer(IBackendPool)
 @define(eq=False)
 class BackendPool:
@@ -38,7 +42,7 @@ class BackendPool:
     """
 
     name: str
-    _backends: list[Backend] = field(converter=list)
+    _backends: list[Backend] = field(converter=_backend_list)
     balancer: IBalancer = field(factory=RoundRobin)
     _log = Logger()
 
