@@ -68,6 +68,7 @@ class Exchange:
         "attempts",
         "backend_time",
         "body_producer",
+        "body_received",
         "bytes_sent",
         "client_method",
         "client_target",
@@ -126,6 +127,7 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.bytes_sent = 0
+        self.body_received = 0
         self.attempts = 0
         self.started = front.clock.seconds()
         self.sent_at = 0.0
@@ -186,6 +188,7 @@ class Exchange:
             front.local_port,
             _UPGRADE if self.upgrade is not None else _NOTHING,
             self.info.lowered,
+            front.forwarding_cache,
         )
         if self.upgrade is not None:
             headers.add(b"Connection", b"upgrade")
@@ -327,6 +330,13 @@ class Exchange:
         except HTTPError as e:
             self.fail(e.status, e.detail)
             return
+        max_body = self.front.settings.limits.max_body
+        if max_body and self.framing.kind == "chunked":
+            # A length-framed body was checked against the limit before it was read.
+            self.body_received += sum(len(p) for p in pieces)
+            if self.body_received > max_body:
+                self.fail(413, "request body too large")
+                return
         if self.framing.kind == "chunked":
             out.extend(encode_chunk(p) for p in pieces)
             if leftover is not None:
@@ -352,7 +362,8 @@ class Exchange:
 
     def _request_sent(self) -> None:
         self.request_done = True
-        if not self.response_started:
+        # Without a body, the first-byte timer armed when the head arrived still runs.
+        if self.decoder is not None and not self.response_started:
             self.front.restart_timer(self.front.settings.timeouts.backend_first_byte)
 
     # Response side (a ResponseSink for BackendConnection)
@@ -514,7 +525,10 @@ class Exchange:
         """Answer the client with a response of the proxy's own instead of a backend's."""
         self.status = response.status
         self.bytes_sent = len(response.body)
-        keep_alive = self.framing.kind == "none" and self.front.wants_keepalive
+        # A request without a body is complete once its head was read; one with a body
+        # that was never read leaves the connection unusable.
+        self.request_done = self.framing.kind == "none"
+        keep_alive = self.request_done and self.front.wants_keepalive
         self.front.write_response(response, keep_alive)
         self._end(Outcome("aborted"), keep_alive=keep_alive)
 

@@ -96,7 +96,7 @@ class RequestForwarding:
         if policy.request_id:
             special[policy.request_id_header.lower().encode()] = _REQUEST_ID
         names = b"|".join(re.escape(name) for name in sorted(drop | set(special)))
-        needs_fields = re.compile(rb"(?:\A|\r\n)(?:" + names + rb"):")
+        needs_fields = re.compile(rb"\r\n(?:" + names + rb"):")
         return cls(
             policy,
             frozenset(drop),
@@ -116,6 +116,7 @@ class RequestForwarding:
         local_port: int,
         keep: frozenset[bytes] = frozenset(),
         lowered: bytes | None = None,
+        cache: dict[bytes | None, bytes] | None = None,
     ) -> str:
         """
         Rewrite request C{headers} for the backend: drop hop-by-hop fields (and those named in
@@ -124,7 +125,10 @@ class RequestForwarding:
         Incoming forwarding fields are kept (and appended to) only from a trusted proxy; from
         anyone else they are replaced, so a client cannot pose as another address or scheme.
 
-        @param lowered: the lower-cased raw field block, if C{headers} was never split.
+        @param lowered: CRLF and the lower-cased raw field block, if C{headers} was never
+            split.
+        @param cache: where one client connection keeps the fields it added, by host: they
+            depend only on the connection and the host, except for the request id.
         @return: the request id (the client's if it sent a valid one, else a new one), or
             C{""} when the policy adds none.
         """
@@ -139,7 +143,12 @@ class RequestForwarding:
             and self._needs_fields.search(lowered) is None
         ):
             # Nothing to remove or merge: append to the block as it came.
-            return self._append_raw(headers, raw, client_ip, scheme, host, local_port)
+            block = cache.get(host) if cache is not None else None
+            if block is None:
+                block = self._forwarding_block(client_ip, scheme, host, local_port)
+                if cache is not None and len(cache) < 8:
+                    cache[host] = block
+            return self._append_raw(headers, raw, block)
         drop = self._drop
         if connection:
             drop = drop | (frozenset(connection) - _PROTECTED)
@@ -202,19 +211,14 @@ class RequestForwarding:
         headers.fields = kept
         return request_id
 
-    def _append_raw(
-        self,
-        headers: Headers,
-        raw: bytes,
-        client_ip: str,
-        scheme: str,
-        host: bytes | None,
-        local_port: int,
-    ) -> str:
+    def _forwarding_block(
+        self, client_ip: str, scheme: str, host: bytes | None, local_port: int
+    ) -> bytes:
+        """The forwarding fields for an untrusted client, as lines each starting with CRLF."""
         policy = self.policy
         ip = client_ip.encode()
         proto = scheme.encode()
-        lines = [raw] if raw else []
+        lines = [b""]
         if policy.x_forwarded:
             lines.append(b"X-Forwarded-For: " + ip)
             lines.append(b"X-Forwarded-Proto: " + proto)
@@ -228,9 +232,14 @@ class RequestForwarding:
             lines.append(element)
         if policy.via:
             lines.append(b"Via: " + self._via)
-        request_id = ""
         if policy.request_id:
+            lines.append(self._request_id_name + b": ")
+        return b"\r\n".join(lines)
+
+    def _append_raw(self, headers: Headers, raw: bytes, block: bytes) -> str:
+        request_id = ""
+        if self.policy.request_id:
             request_id = new_request_id()
-            lines.append(self._request_id_name + b": " + request_id.encode())
-        headers.replace_raw(b"\r\n".join(lines))
+            block += request_id.encode()
+        headers.replace_raw(raw + block if raw else block[2:])
         return request_id

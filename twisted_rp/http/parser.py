@@ -414,8 +414,8 @@ class RequestInfo:
     What the proxy needs to know of a request head, gathered in one pass over its fields.
 
     @ivar connection: the lower-cased tokens of every C{Connection} field.
-    @ivar lowered: the lower-cased raw field block, when the fields were never split (the
-        fast path); L{None} otherwise.
+    @ivar lowered: CRLF and the lower-cased raw field block, when the fields were never
+        split (the fast path); L{None} otherwise.
     """
 
     framing: Framing
@@ -435,14 +435,15 @@ _REQUEST_FIELDS = {
     b"expect": _EXPECT,
     b"upgrade": _UPGRADE,
 }
-# Field names are validated tokens and the block is lower-cased, so "\r\nname:" (or the
-# name at the very start) is an exact match for a field of that name.
+# Field names are validated tokens, so in CRLF + the lower-cased block "\r\nname:" is an
+# exact match for a field of that name.  (A leading CRLF rather than an "\A|" alternative
+# keeps the patterns' literal prefix, which makes the search three times faster.)
 _REQUEST_FRAMING_RE = re.compile(
-    rb"(?:\A|\r\n)(?:content-length|transfer-encoding|connection|expect|upgrade):"
+    rb"\r\n(?:content-length|transfer-encoding|connection|expect|upgrade):"
 )
-_HOST_FIELD_RE = re.compile(rb"(?:\A|\r\n)host:")
+_HOST_FIELD_RE = re.compile(rb"\r\nhost:")
 _RESPONSE_FIELD_RE = re.compile(
-    rb"(?:\A|\r\n)(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
     rb"|te|trailer|upgrade):"
 )
 _DIGITS_RE = re.compile(rb"[0-9]{1,18}")
@@ -457,13 +458,14 @@ def analyze_request(head: RequestHead) -> RequestInfo:
     """
     raw = head.headers.raw
     if raw is not None:
-        lowered = raw.lower()
+        lowered = b"\r\n" + raw.lower()
         if _REQUEST_FRAMING_RE.search(lowered) is None:
             # The common request: no body, no connection options, only Host to look at.
             hosts = []
             for match in _HOST_FIELD_RE.finditer(lowered):
-                end = raw.find(b"\r\n", match.end())
-                hosts.append(raw[match.end() : end if end >= 0 else len(raw)].strip(_OWS))
+                start = match.end() - 2
+                end = raw.find(b"\r\n", start)
+                hosts.append(raw[start : end if end >= 0 else len(raw)].strip(_OWS))
             return RequestInfo(_NO_BODY, _request_host(head, hosts), [], None, None, lowered)
     found: list[list[bytes]] = [[], [], [], [], [], []]
     interesting = _REQUEST_FIELDS.get
@@ -534,12 +536,14 @@ def _analyze_raw_response(
     length: bytes | None = None
     cut = (0, 0)
     connection: list[bytes] = []
-    for match in _RESPONSE_FIELD_RE.finditer(raw.lower()):
+    # Offsets in CRLF + block are those in the block plus 2.
+    for match in _RESPONSE_FIELD_RE.finditer(b"\r\n" + raw.lower()):
         name = match.group(1)
-        end = raw.find(b"\r\n", match.end())
+        value_start = match.end() - 2
+        end = raw.find(b"\r\n", value_start)
         if end < 0:
             end = len(raw)
-        value = raw[match.end() : end].strip(_OWS)
+        value = raw[value_start:end].strip(_OWS)
         if name == b"content-length" and length is None and _DIGITS_RE.fullmatch(value):
             length = value
         elif name == b"connection" and not connection:
@@ -547,9 +551,10 @@ def _analyze_raw_response(
             if token not in (b"keep-alive", b"close"):
                 return None
             connection = [token]
+            # The field's line starts at match.start() in the block; remove it with one of
+            # its CRLFs (the one before it, unless it is the first line).
             start = match.start()
-            # Remove the line and one of its CRLFs (the leading one, unless it is first).
-            cut = (start, end) if start else (0, min(end + 2, len(raw)))
+            cut = (start - 2, end) if start else (0, min(end + 2, len(raw)))
         else:
             return None
     if length is None:

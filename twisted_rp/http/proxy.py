@@ -5,6 +5,7 @@ connection, and the factory a listener serves.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
@@ -15,39 +16,36 @@ from twisted.python.failure import Failure
 from twisted_rp.http.backend import BackendConnections
 from twisted_rp.http.exchange import Exchange, Valve
 from twisted_rp.http.forwarding import RequestForwarding
-from twisted_rp.http.message import ErrorResponse, HTTPError, ProxyRequest
+from twisted_rp.http.message import (
+    AccessRecord,
+    ErrorResponse,
+    HTTPError,
+    ProxyRequest,
+    RequestHead,
+)
 from twisted_rp.http.parser import analyze_request, parse_request_head, split_absolute_target
 from twisted_rp.http.routing import Router
 from twisted_rp.interfaces import IAccessLog
 from twisted_rp.sendnow import writer_for
 from twisted_rp.settings import ProxySettings
 
-_REASONS = {
-    100: b"Continue",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    411: b"Length Required",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    417: b"Expectation Failed",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# RFC 9110 renamed these; older Pythons still have the RFC 7231 phrases.
+_REASONS.update(
+    {
+        413: b"Content Too Large",
+        414: b"URI Too Long",
+        416: b"Range Not Satisfiable",
+        422: b"Unprocessable Content",
+    }
+)
 
 # Connection states.
 _HEAD, _BUSY, _BODY, _TUNNEL, _CLOSED = range(5)
 
 
 def reason_phrase(status: int) -> bytes:
-    """The standard reason phrase for C{status}."""
+    """The standard reason phrase for C{status} (RFC 9110 and its registry)."""
     return _REASONS.get(status, b"Unknown")
 
 
@@ -68,6 +66,7 @@ class HTTPProxyProtocol(Protocol):
         self.connections = factory.connections
         self.access_log = factory.access_log
         self.forwarding = factory.forwarding
+        self.forwarding_cache: dict[bytes | None, bytes] = {}
         self.client_full = False
         self.closing = False
         self.wants_keepalive = True
@@ -203,6 +202,7 @@ class HTTPProxyProtocol(Protocol):
         if error is not None:
             if framing.kind != "none":
                 self.wants_keepalive = False
+            self._log_refused(error.status, head, host)
             self.write_error(error.status, error.detail, keep_alive=self.wants_keepalive)
             self.exchange_done(self.wants_keepalive, False)
             return
@@ -214,8 +214,35 @@ class HTTPProxyProtocol(Protocol):
     def _reject(self, error: HTTPError) -> None:
         self._log.info("{client}: rejected request: {error}", client=self.client_ip, error=error)
         self._state = _BUSY
+        self._log_refused(error.status)
         self.write_error(error.status, error.detail)
         self.exchange_done(False, False)
+
+    def _log_refused(self, status: int, head: RequestHead | None = None, host: str = "") -> None:
+        """An access log record for a request the proxy answered without any backend."""
+        if self.access_log is None:
+            return
+        now = self.clock.seconds()
+        text = (lambda v: v.decode("latin-1")) if head is not None else (lambda v: "")
+        self.access_log.log(
+            AccessRecord(
+                client_ip=self.client_ip,
+                method=text(head.method) if head else "",
+                target=text(head.target) if head else "",
+                version=text(head.version) if head else "",
+                status=status,
+                bytes_sent=0,
+                referer=text(head.headers.get(b"referer") or b"") if head else "",
+                user_agent=text(head.headers.get(b"user-agent") or b"") if head else "",
+                host=host,
+                request_id="",
+                backend="",
+                pool="",
+                started=now,
+                duration=0.0,
+                backend_time=None,
+            )
+        )
 
     # Called by the exchange
 
