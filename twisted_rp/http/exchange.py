@@ -64,6 +64,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "_early",
         "_out",
         "attempts",
         "backend_time",
@@ -128,6 +129,7 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.body_received = 0
+        self._early: tuple[list[bytes], bytes | None] | None = None
         self.attempts = 0
         self.started = front.clock.seconds()
         self.sent_at = 0.0
@@ -138,6 +140,23 @@ class Exchange:
 
     def begin(self) -> None:
         """Authenticate, rewrite and send the request."""
+        if self.framing.kind != "none" and self.upgrade is None:
+            self.decoder = (
+                LengthDecoder(self.framing.length)
+                if self.framing.kind == "length"
+                else ChunkedDecoder()
+            )
+            # Body bytes that came with the head are checked now, so that a malformed
+            # chunk there never costs a backend connection.
+            pending = self.front.take_buffer()
+            if pending:
+                try:
+                    self._early = self.decoder.feed(pending)
+                except HTTPError as e:
+                    self.fail(e.status, e.detail)
+                    return
+                if self._over_body_limit(self._early[0]):
+                    return
         if self.route.authenticators:
             self._authenticate(0)
         else:
@@ -305,11 +324,7 @@ class Exchange:
             connection.write(data)
             self._request_sent()
             return
-        self.decoder = (
-            LengthDecoder(self.framing.length)
-            if self.framing.kind == "length"
-            else ChunkedDecoder()
-        )
+        # Bytes that arrived while connecting: more body, or (after the body) the next request.
         pending = front.take_buffer()
         front.reading_body()
         connection.transport.registerProducer(
@@ -317,32 +332,56 @@ class Exchange:
             True,
         )
         self.body_producer = True
-        self._forward_body(pending, [data])
+        early, self._early = self._early, None
+        if early is None:
+            self._forward_body(pending, [data])
+            return
+        pieces, leftover = early
+        if leftover is not None:
+            self._forward_decoded(pieces, leftover + pending, [data])
+            return
+        out = [data]
+        out.extend(self._encode_body(pieces))
+        self._forward_body(pending, out)
 
     def client_body(self, data: bytes) -> None:
         """Request body bytes arrived from the client."""
         self._forward_body(data, [])
 
-    def _forward_body(self, data: bytes, out: list[bytes]) -> None:
-        assert self.decoder is not None and self.connection is not None
-        try:
-            pieces, leftover = self.decoder.feed(data) if data else ([], None)
-        except HTTPError as e:
-            self.fail(e.status, e.detail)
-            return
+    def _over_body_limit(self, pieces: list[bytes]) -> bool:
+        """Count chunked body bytes; answer 413 and return C{True} past C{limits.max_body}."""
         max_body = self.front.settings.limits.max_body
         if max_body and self.framing.kind == "chunked":
             # A length-framed body was checked against the limit before it was read.
             self.body_received += sum(len(p) for p in pieces)
             if self.body_received > max_body:
                 self.fail(413, "request body too large")
-                return
+                return True
+        return False
+
+    def _encode_body(self, pieces: list[bytes]) -> list[bytes]:
         if self.framing.kind == "chunked":
-            out.extend(encode_chunk(p) for p in pieces)
-            if leftover is not None:
-                out.append(LAST_CHUNK)
-        else:
-            out.extend(pieces)
+            return [encode_chunk(p) for p in pieces]
+        return pieces
+
+    def _forward_body(self, data: bytes, out: list[bytes]) -> None:
+        assert self.decoder is not None
+        try:
+            pieces, leftover = self.decoder.feed(data) if data else ([], None)
+        except HTTPError as e:
+            self.fail(e.status, e.detail)
+            return
+        if self._over_body_limit(pieces):
+            return
+        self._forward_decoded(pieces, leftover, out)
+
+    def _forward_decoded(
+        self, pieces: list[bytes], leftover: bytes | None, out: list[bytes]
+    ) -> None:
+        assert self.connection is not None
+        out.extend(self._encode_body(pieces))
+        if leftover is not None and self.framing.kind == "chunked":
+            out.append(LAST_CHUNK)
         if out:
             self.connection.write(out[0] if len(out) == 1 else b"".join(out))
         if leftover is not None:
