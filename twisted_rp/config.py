@@ -38,7 +38,6 @@ else:
 PROTOCOLS = frozenset({"http"})
 BALANCERS = frozenset({"round_robin"})
 ACCESS_FORMATS = frozenset({"off", "combined", "json"})
-LOG_LEVELS = frozenset({"debug", "info", "warn", "error"})
 MAX_WEIGHT = 1000
 COMMAND_LINE = "<command line>"
 
@@ -556,7 +555,7 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     log = _settings(
         log_table,
         LogSettings,
-        {"access": _choice(ACCESS_FORMATS), "access_file": _string, "level": _choice(LOG_LEVELS)},
+        {"access": _choice(ACCESS_FORMATS), "access_file": _string},
     )
     if log.access_file is not None and log.access == "off":
         raise log_table.error("access_file", 'has no effect while log.access is "off"')

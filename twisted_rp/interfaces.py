@@ -112,3 +112,61 @@ class IAccessLog(Interface):
         """
         @param record: a L{twisted_rp.http.message.AccessRecord}.
         """
+
+
+class IStickiness(Interface):
+    """
+    Keeps a client on the backend it used before (session affinity).
+
+    A pool asks C{pinned} before balancing; protocols call C{pin} after a backend answered,
+    giving it a L{twisted_rp.pool.backend.StickyResponse} through which an HTTP
+    implementation reads and sets cookies (other protocols pass a response that has none).
+    """
+
+    strict = Attribute(
+        "C{True}: when the pinned backend is not usable, refuse (503) rather than re-pin."
+    )
+
+    def pinned(context):  # type: ignore[no-untyped-def]
+        """
+        @param context: the L{twisted_rp.pool.backend.PickContext}.
+        @return: the name of the backend C{context}'s client is pinned to, or L{None}.
+        """
+
+    def pin(context, backend, response):  # type: ignore[no-untyped-def]
+        """
+        Remember that C{context}'s client uses C{backend} (a
+        L{twisted_rp.pool.backend.Backend}); called once per answered request or session.
+
+        @param response: a L{twisted_rp.pool.backend.StickyResponse}.
+        """
+
+
+class IHealthMonitor(Interface):
+    """
+    One active health probe of a backend.
+    """
+
+    def check(backend):  # type: ignore[no-untyped-def]
+        """
+        Probe C{backend} (a L{twisted_rp.pool.backend.Backend}) once.
+
+        @return: a L{Deferred} firing with L{None} when healthy, failing with an exception whose
+            message says what was wrong otherwise.  The caller enforces the timeout (it cancels
+            the L{Deferred}).
+        """
+
+
+class IPoolObserver(Interface):
+    """
+    Receives a pool's state changes (the admin side and metrics subscribe).
+    """
+
+    def backend_changed(pool, backend, reason):  # type: ignore[no-untyped-def]
+        """
+        C{backend}'s health or admin state changed.
+
+        @param pool: the pool's name.
+        @param reason: a short human-readable reason (C{"3 failed checks: connection
+            refused"}).
+        """

@@ -97,7 +97,6 @@ class LogSettings:
 
     access: str = "off"
     access_file: str | None = None
-    level: str = "info"
 
 
 @frozen

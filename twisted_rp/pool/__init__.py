@@ -6,10 +6,19 @@ Nothing in this package imports a protocol module.
 
 from __future__ import annotations
 
-from twisted_rp.pool.backend import Backend, Lease, NoBackendAvailable, Outcome, PickContext
+from twisted_rp.pool.backend import (
+    ADMIN_STATES,
+    Backend,
+    Lease,
+    NoBackendAvailable,
+    Outcome,
+    PickContext,
+    StickyResponse,
+)
 from twisted_rp.pool.pool import BackendPool, RoundRobin
 
 __all__ = [
+    "ADMIN_STATES",
     "Backend",
     "BackendPool",
     "Lease",
@@ -17,4 +26,5 @@ __all__ = [
     "Outcome",
     "PickContext",
     "RoundRobin",
+    "StickyResponse",
 ]

@@ -17,13 +17,27 @@ def _no_value(name: str) -> str | None:
     return None
 
 
+#: Admin states: C{enabled} takes traffic; C{draining} keeps its existing sticky clients and
+#: sessions but gets no new ones; C{disabled} gets nothing.
+ADMIN_STATES = ("enabled", "draining", "disabled")
+
+
 @define(eq=False)
 class Backend:
     """
-    One server a pool can send traffic to.
+    One server a pool can send traffic to, and its state.
 
     @ivar name: a stable identifier, unique in its pool (never shown to clients as an address).
-    @ivar active: connections or requests currently leased to this backend.
+    @ivar max_connections: at most this many leases at once; 0 for no limit.
+    @ivar ports: service ports by protocol (C{{"http": 8080, "ftp": 21}}) for a server that
+        several protocols share, so that its health and stickiness are shared too;
+        L{port_for} falls back to C{port}.
+    @ivar active: leases currently held on this backend.
+    @ivar admin_state: one of L{ADMIN_STATES}.
+    @ivar healthy: the verdict of the active health monitor (C{True} until it says otherwise).
+    @ivar ejected_until: passive health: no new traffic before this time (reactor seconds).
+    @ivar effective_weight: the weight balancers use: C{weight}, ramped up after a recovery
+        while slow start lasts.
     """
 
     name: str
@@ -31,13 +45,40 @@ class Backend:
     port: int
     weight: int = 1
     backup: bool = False
+    max_connections: int = 0
+    ports: dict[str, int] = field(factory=dict)
     active: int = field(default=0, init=False)
+    admin_state: str = field(default="enabled", init=False)
+    healthy: bool = field(default=True, init=False)
+    ejected_until: float = field(default=0.0, init=False)
+    effective_weight: float = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.effective_weight = float(self.weight)
 
     @property
     def address(self) -> str:
         """C{host:port}, with brackets around an IPv6 host."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    def port_for(self, protocol: str) -> int:
+        """The port serving C{protocol} on this backend."""
+        return self.ports.get(protocol, self.port)
+
+
+class StickyResponse:
+    """
+    What an L{twisted_rp.interfaces.IStickiness} may see of and do to a response.  This base
+    has no headers (FTP, TCP); the HTTP proxy passes one backed by the response head.
+    """
+
+    def header_values(self, name: str) -> list[str]:
+        """The values of response header C{name} (e.g. C{Set-Cookie}), in order."""
+        return []
+
+    def set_cookie(self, value: str) -> None:
+        """Add a C{Set-Cookie} field with C{value} to the response; ignored without headers."""
 
 
 @frozen
