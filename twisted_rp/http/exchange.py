@@ -226,13 +226,9 @@ class Exchange:
     def _pick(self) -> None:
         self.attempts += 1
         request = self.request
-        headers = self.head.headers
-
-        def header(name: str) -> str | None:
-            value = headers.get(name.encode("latin-1"))
-            return None if value is None else value.decode("latin-1")
-
-        context = PickContext("http", request.client_ip, request.host, None, None, header)
+        context = PickContext(
+            "http", request.client_ip, request.host, None, None, self.head.headers.text
+        )
         try:
             lease = self.route.pool.pick(context)
         except NoBackendAvailable as e:

@@ -114,6 +114,11 @@ class Headers:
                 return f[2]
         return default
 
+    def text(self, name: str) -> str | None:
+        """The first value of C{name} as text (Latin-1), or L{None}: for L{PickContext}."""
+        value = self.get(name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of C{name}, in order."""
         lname = name.lower()

@@ -391,8 +391,12 @@ def request_host(head: RequestHead) -> bytes | None:
     return _request_host(head, head.headers.get_all(b"host"))
 
 
-def _request_host(head: RequestHead, hosts: list[bytes]) -> bytes | None:
-    _check_target_form(head.method, head.target)
+def _request_host(head: RequestHead, hosts: list[bytes], checked: bool = False) -> bytes | None:
+    """
+    @param checked: the target form was already checked (by L{parse_request_head}).
+    """
+    if not checked:
+        _check_target_form(head.method, head.target)
     if len(hosts) > 1:
         raise HTTPError(400, "more than one Host header")
     if not hosts and head.version != HTTP_10:
@@ -466,7 +470,9 @@ def analyze_request(head: RequestHead) -> RequestInfo:
                 start = match.end() - 2
                 end = raw.find(b"\r\n", start)
                 hosts.append(raw[start : end if end >= 0 else len(raw)].strip(_OWS))
-            return RequestInfo(_NO_BODY, _request_host(head, hosts), [], None, None, lowered)
+            # Raw fields only come from parse_request_head, which checked the target form.
+            host = _request_host(head, hosts, checked=True)
+            return RequestInfo(_NO_BODY, host, [], None, None, lowered)
     found: list[list[bytes]] = [[], [], [], [], [], []]
     interesting = _REQUEST_FIELDS.get
     for field in head.headers.fields:
