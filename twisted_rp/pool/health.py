@@ -1,0 +1,720 @@
+"""
+Active health checks: monitors that probe one backend once, and the service that runs them.
+
+A monitor (an L{IHealthMonitor}) answers one question, "does this backend work right now?",
+with a L{Deferred} that fires with L{None} or fails with an exception whose message says what
+was wrong.  L{HealthChecker} runs a monitor against every backend of a pool on a jittered
+schedule, enforces the timeout by cancelling the probe, and tells the pool about a change only
+after C{fall} failures or C{rise} successes in a row.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, TypeVar, cast
+from typing import Protocol as TypingProtocol
+
+from attrs import define, field
+from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import (
+    ConnectionClosed,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from twisted_rp.interfaces import IHealthMonitor
+from twisted_rp.pool.backend import Backend
+
+if TYPE_CHECKING:
+    # Twisted does not export this interface publicly; only annotations use it.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+__all__ = [
+    "DEFAULT_BODY_LIMIT",
+    "FTPMonitor",
+    "HTTPMonitor",
+    "HealthCheckFailed",
+    "HealthChecker",
+    "HealthTarget",
+    "TCPMonitor",
+    "TLSMonitor",
+    "describe_error",
+]
+
+_T = TypeVar("_T")
+
+#: How much of a response body L{HTTPMonitor} reads by default to match C{body_regex}.
+DEFAULT_BODY_LIMIT = 64 * 1024
+
+
+class HealthCheckFailed(Exception):
+    """
+    A probe found its backend unhealthy; C{str(exc)} says why, briefly.
+    """
+
+
+def describe_error(error: BaseException | None) -> str:
+    """
+    A short, human-readable reason for C{error}, the kind a log line or an admin page shows.
+    """
+    if error is None:
+        return "unknown error"
+    if isinstance(error, HealthCheckFailed):
+        return str(error)
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, ConnectTimeout):
+        return "connect timed out"
+    if isinstance(error, DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(error, ConnectionClosed):
+        return "connection closed by the backend"
+    if isinstance(error, SSL.Error):
+        return f"TLS handshake failed: {_openssl_reasons(error)}"
+    if isinstance(error, VerificationError):
+        return "TLS handshake failed: the certificate does not match the server name"
+    if isinstance(error, (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)):
+        reasons = {describe_error(reason.value) for reason in error.reasons}
+        return "; ".join(sorted(reasons)) or "no response"
+    return str(error) or type(error).__name__
+
+
+def _openssl_reasons(error: SSL.Error) -> str:
+    # pyOpenSSL's args[0] is a list of (library, function, reason) tuples.
+    details = error.args[0] if error.args else None
+    if isinstance(details, list):
+        reasons = [item[-1] for item in details if isinstance(item, tuple) and item]
+        if reasons:
+            return "; ".join(str(reason) for reason in reasons)
+    return str(error) or "TLS error"
+
+
+def _port(backend: Backend, protocol: str | None) -> int:
+    return backend.port if protocol is None else backend.port_for(protocol)
+
+
+class _Probe(Protocol):
+    """
+    One probe connection: a subclass decides healthy or not with L{succeed} or L{fail}; the
+    verdict is delivered through L{finished} once the connection is closed, so that a probe
+    never leaves a socket behind.  Cancelling aborts the connection.
+
+    @ivar waiting_for: what the probe is waiting for, for the message when the backend closes
+        the connection before a verdict.
+    """
+
+    waiting_for = "the connection"
+
+    def __init__(self) -> None:
+        self.finished: Deferred[None] = Deferred(self._cancel)
+        self._verdict: Failure | None = None
+        self._decided = False
+
+    def succeed(self) -> None:
+        self._decide(None)
+
+    def fail(self, problem: str) -> None:
+        self._decide(Failure(HealthCheckFailed(problem)))
+
+    def _decide(self, verdict: Failure | None) -> None:
+        if self._decided:
+            return
+        self._decided = True
+        self._verdict = verdict
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished.called:
+            return
+        if self._decided:
+            self._deliver()
+        elif reason.check(ConnectionClosed):
+            self.finished.errback(
+                HealthCheckFailed(f"connection closed by the backend before {self.waiting_for}")
+            )
+        else:
+            self.finished.errback(HealthCheckFailed(describe_error(reason.value)))
+
+    def _deliver(self) -> None:
+        if self._verdict is None:
+            self.finished.callback(None)
+        else:
+            self.finished.errback(self._verdict)
+
+    def _cancel(self, finished: Deferred[None]) -> None:
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+        # A verdict already reached stands; only the wait for the close is cut short.
+        if self._decided and not finished.called:
+            self._deliver()
+
+
+class _ProbeFactory(Factory):
+    def __init__(self, probe: _Probe) -> None:
+        self._probe = probe
+
+    def buildProtocol(self, addr: object) -> _Probe:
+        return self._probe
+
+
+def _cancellable(inner: Deferred[_T]) -> Deferred[_T]:
+    """
+    Follow C{inner}, but fail with L{CancelledError} when cancelled, whatever C{inner} then
+    reports: L{HostnameEndpoint} says C{ConnectingCancelledError}, or even C{DNSLookupError}
+    when cancelled while resolving, which would read as a genuine failure.
+    """
+    cancelled = False
+
+    def cancel(outer: Deferred[_T]) -> None:
+        nonlocal cancelled
+        cancelled = True
+        inner.cancel()
+
+    outer: Deferred[_T] = Deferred(cancel)
+
+    def forward(result: _T | Failure) -> None:
+        if cancelled:
+            return
+        if isinstance(result, Failure):
+            outer.errback(result)
+        else:
+            outer.callback(result)
+
+    inner.addBoth(forward)
+    return outer
+
+
+async def _run_probe(endpoint: IStreamClientEndpoint, probe: _Probe) -> None:
+    try:
+        await _cancellable(endpoint.connect(_ProbeFactory(probe)))
+        await probe.finished
+    except (CancelledError, HealthCheckFailed):
+        raise
+    except Exception as error:
+        raise HealthCheckFailed(describe_error(error)) from error
+
+
+class _Connected(_Probe):
+    def connectionMade(self) -> None:
+        self.succeed()
+
+
+@implementer(IHealthMonitor)
+@define(eq=False)
+class TCPMonitor:
+    """
+    Healthy when a TCP connection to the backend succeeds; it is closed at once.
+
+    @ivar reactor: provides C{IReactorTCP}, C{IReactorTime} and
+        C{IReactorPluggableNameResolver} (as every monitor's reactor must).
+    @ivar port_protocol: the key of L{Backend.ports} to probe (L{Backend.port_for}); L{None}
+        probes L{Backend.port}.
+    """
+
+    reactor: IReactorTCP
+    port_protocol: str | None = None
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        endpoint = HostnameEndpoint(self.reactor, backend.host, _port(backend, self.port_protocol))
+        return Deferred.fromCoroutine(_run_probe(endpoint, _Connected()))
+
+
+@implementer(IHandshakeListener)
+class _Handshake(_Probe):
+    waiting_for = "the TLS handshake completed"
+
+    def handshakeCompleted(self) -> None:
+        self.succeed()
+
+
+@implementer(IHealthMonitor)
+@define(eq=False)
+class TLSMonitor:
+    """
+    Healthy when a TLS handshake with the backend completes, certificate verification included.
+
+    @ivar tls_options: the client TLS options to use for every backend; by default each backend
+        gets C{optionsForClientTLS(server_name or backend.host, trust_root)}.
+    @ivar server_name: the name to send (SNI) and verify instead of the backend's host.
+    @ivar trust_root: the certificate authorities to trust; L{None} for the platform's.
+    @ivar port_protocol: as for L{TCPMonitor}.
+    """
+
+    reactor: IReactorTCP
+    tls_options: IOpenSSLClientConnectionCreator | None = None
+    server_name: str | None = None
+    trust_root: IOpenSSLTrustRoot | Certificate | None = None
+    port_protocol: str | None = None
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        creator = self.tls_options or optionsForClientTLS(
+            self.server_name or backend.host, trustRoot=self.trust_root
+        )
+        endpoint = wrapClientTLS(
+            creator,
+            HostnameEndpoint(self.reactor, backend.host, _port(backend, self.port_protocol)),
+        )
+        return Deferred.fromCoroutine(_run_probe(endpoint, _Handshake()))
+
+
+def _ftp_code(text: str) -> str | None:
+    return text[:3] if len(text) >= 3 and text[:3].isdigit() else None
+
+
+class _FTPLogin(LineReceiver, _Probe):
+    """
+    Reads the banner and, given a user, logs in; replies may span several lines (RFC 959
+    4.2: C{"220-first"} ... C{"220 last"}).
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 8192
+
+    def __init__(self, user: str | None, password: str | None) -> None:
+        _Probe.__init__(self)
+        self._user = user
+        self._password = password
+        self._continues: str | None = None
+        self._stage = "banner"
+        self.waiting_for = "the 220 banner"
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        code = _ftp_code(text)
+        if self._continues is not None:
+            if code == self._continues and text[3:4] == " ":
+                self._continues = None
+                self._reply(int(code), text)
+            return
+        if code is None:
+            self.fail(f"not an FTP reply: {text[:80]!r}")
+        elif text[3:4] == "-":
+            self._continues = code
+        else:
+            self._reply(int(code), text)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.fail("FTP reply line too long")
+
+    def _reply(self, code: int, text: str) -> None:
+        shown = text[:100]
+        if self._stage == "banner":
+            if code != 220:
+                self.fail(f"FTP banner was {shown!r}, not 220")
+            elif self._user is None:
+                self._quit()
+            else:
+                self._send("USER", self._user, "user", "the reply to USER")
+        elif self._stage == "user":
+            if code == 230:
+                self._quit()
+            elif code in (331, 332):
+                self._send("PASS", self._password or "", "password", "the reply to PASS")
+            else:
+                self.fail(f"FTP USER was refused: {shown!r}")
+        elif code in (202, 230):
+            self._quit()
+        else:
+            self.fail(f"FTP login failed: {shown!r}")
+
+    def _send(self, command: str, argument: str, stage: str, waiting_for: str) -> None:
+        self._stage = stage
+        self.waiting_for = waiting_for
+        self.sendLine(f"{command} {argument}\r".encode())
+
+    def _quit(self) -> None:
+        self.sendLine(b"QUIT\r")
+        self.succeed()
+
+
+@implementer(IHealthMonitor)
+@define(eq=False)
+class FTPMonitor:
+    """
+    Healthy when the backend greets with C{220} and, given a C{user}, accepts the login
+    (C{USER} answered C{331} then C{PASS} answered C{230}, or C{USER} answered C{230}).
+
+    @ivar port_protocol: as for L{TCPMonitor}; C{"ftp"} by default.
+    """
+
+    reactor: IReactorTCP
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    port_protocol: str | None = "ftp"
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        endpoint = HostnameEndpoint(self.reactor, backend.host, _port(backend, self.port_protocol))
+        return Deferred.fromCoroutine(_run_probe(endpoint, _FTPLogin(self.user, self.password)))
+
+
+def _server_name(host: str) -> str:
+    """The name in a C{Host} value, without its port and IPv6 brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else host
+
+
+@implementer(IPolicyForHTTPS)
+@define(frozen=True)
+class _MonitorTLSPolicy:
+    """The TLS options for an C{https} health check: given ones, or verify the right name."""
+
+    tls_options: IOpenSSLClientConnectionCreator | None
+    server_name: str | None
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        if self.tls_options is not None:
+            return self.tls_options
+        return optionsForClientTLS(self.server_name or hostname.decode("ascii"))
+
+
+class _BodyPrefix(Protocol):
+    """Collects at most C{limit} bytes of a response body, then stops the download."""
+
+    def __init__(self, limit: int) -> None:
+        self.finished: Deferred[bytes] = Deferred(self._cancel)
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._cancelled = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        data = data[: self._limit - self._size]
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.finished.callback(b"".join(self._chunks))
+            if self.transport is not None:
+                cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished.called or self._cancelled:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._chunks))
+        else:
+            self.finished.errback(reason)
+
+    def _cancel(self, finished: Deferred[bytes]) -> None:
+        self._cancelled = True
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+
+def _read_prefix(response: IResponse, limit: int) -> Deferred[bytes]:
+    reader = _BodyPrefix(limit)
+    response.deliverBody(reader)
+    return reader.finished
+
+
+def _status_ranges(statuses: Collection[int]) -> str:
+    """C{"200-399"}, C{"200, 204"}: a compact spelling of a set of status codes."""
+    runs: list[list[int]] = []
+    for status in sorted(statuses):
+        if runs and status == runs[-1][1] + 1:
+            runs[-1][1] = status
+        else:
+            runs.append([status, status])
+    return ", ".join(f"{low}" if low == high else f"{low}-{high}" for low, high in runs)
+
+
+def _compile_body_regex(pattern: str | bytes | None) -> re.Pattern[bytes] | None:
+    if pattern is None:
+        return None
+    return re.compile(pattern.encode("utf-8") if isinstance(pattern, str) else pattern)
+
+
+def _check_path(instance: object, attribute: object, path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"health check path must start with '/': {path!r}")
+
+
+def _check_scheme(instance: object, attribute: object, scheme: str) -> None:
+    if scheme not in ("http", "https"):
+        raise ValueError(f"health check scheme must be http or https: {scheme!r}")
+
+
+@implementer(IHealthMonitor)
+@define(eq=False)
+class HTTPMonitor:
+    """
+    Healthy when a request answers with an expected status and, optionally, a body matching a
+    regular expression.  Each check uses a new connection (never a pooled one, which could hide
+    a backend that stopped accepting connections), does not follow redirects, and reads at
+    most C{body_limit} bytes of the body.
+
+    @ivar host: the C{Host} header (and, for C{https} without C{tls_options}, the name to
+        verify); by default the backend's address.
+    @ivar expect_status: the statuses that mean healthy.
+    @ivar body_regex: searched (C{re.search}) in the first C{body_limit} bytes of the body.
+    @ivar tls_options: the client TLS options for C{https}, for every backend.
+    @ivar port_protocol: the key of L{Backend.ports} to probe; by default the scheme.
+    """
+
+    reactor: IReactorTCP
+    path: str = field(default="/", validator=_check_path)
+    method: str = "GET"
+    host: str | None = None
+    expect_status: frozenset[int] = field(default=frozenset(range(200, 400)), converter=frozenset)
+    body_regex: re.Pattern[bytes] | None = field(default=None, converter=_compile_body_regex)
+    scheme: str = field(default="http", validator=_check_scheme)
+    tls_options: IOpenSSLClientConnectionCreator | None = None
+    port_protocol: str | None = None
+    body_limit: int = DEFAULT_BODY_LIMIT
+    _agent: Agent = field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        policy = _MonitorTLSPolicy(
+            self.tls_options, None if self.host is None else _server_name(self.host)
+        )
+        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        self._agent = Agent(self.reactor, contextFactory=policy, pool=pool)
+
+    def url_for(self, backend: Backend) -> str:
+        """The URL this monitor requests from C{backend}."""
+        host = f"[{backend.host}]" if ":" in backend.host else backend.host
+        port = _port(backend, self.scheme if self.port_protocol is None else self.port_protocol)
+        return f"{self.scheme}://{host}:{port}{self.path}"
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._check(backend))
+
+    async def _check(self, backend: Backend) -> None:
+        headers: dict[bytes | str, bytes | str] = {} if self.host is None else {"Host": self.host}
+        # A new client each time: treq's cookie jar must not carry state between checks.
+        client = HTTPClient(self._agent)
+        try:
+            response = await _cancellable(
+                client.request(
+                    self.method,
+                    self.url_for(backend),
+                    headers=headers,
+                    allow_redirects=False,
+                    unbuffered=True,
+                )
+            )
+            body = await _read_prefix(response, self.body_limit)
+        except (CancelledError, HealthCheckFailed):
+            raise
+        except Exception as error:
+            raise HealthCheckFailed(describe_error(error)) from error
+        if response.code not in self.expect_status:
+            raise HealthCheckFailed(
+                f"HTTP status {response.code}, expected {_status_ranges(self.expect_status)}"
+            )
+        if self.body_regex is not None and not self.body_regex.search(body):
+            pattern = self.body_regex.pattern.decode("utf-8", "replace")
+            raise HealthCheckFailed(f"response body does not match {pattern!r}")
+
+
+class HealthTarget(TypingProtocol):
+    """
+    What L{HealthChecker} needs of a pool (L{twisted_rp.pool.pool.BackendPool} has it).
+    """
+
+    def backends(self) -> Sequence[Backend]: ...
+
+    def set_health(self, backend: Backend, healthy: bool, reason: str) -> None: ...
+
+
+@define(eq=False)
+class _Watch:
+    """The checker's record of one backend."""
+
+    backend: Backend
+    healthy: bool
+    successes: int = 0
+    failures: int = 0
+    probe: Deferred[None] | None = None
+    next_probe: IDelayedCall | None = None
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+class HealthChecker(Service):
+    """
+    Probes every backend of a pool with one monitor, for as long as the service runs.
+
+    Each backend is probed when the checker starts (or first sees it), then every C{interval}
+    seconds, start to start, each wait varied by up to C{jitter} times C{interval} either way
+    so that checks spread out.  A probe still running after C{timeout} seconds is cancelled and
+    counts as a failure; a backend never has two probes at once (a probe that outlasts the
+    interval delays the next one).  After C{fall} failures in a row a healthy backend is
+    reported with C{pool.set_health(backend, False, reason)}; after C{rise} successes in a row
+    an unhealthy one with C{pool.set_health(backend, True, reason)}.  The pool's membership is
+    re-read every C{interval}: added backends start being probed, removed ones stop.
+
+    The checker's verdict starts from each backend's C{healthy} when first seen and changes
+    only through its own counts, so that two checkers sharing a pool do not undo each other.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: HealthTarget,
+        monitor: IHealthMonitor,
+        clock: IReactorTime,
+        interval: float = 5.0,
+        timeout: float = 2.0,
+        jitter: float = 0.1,
+        rise: int = 2,
+        fall: int = 3,
+        rng: random.Random | None = None,
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError("health check interval and timeout must be positive")
+        if not 0 <= jitter < 1:
+            raise ValueError("health check jitter must be at least 0 and less than 1")
+        if rise < 1 or fall < 1:
+            raise ValueError("health check rise and fall must be at least 1")
+        self._pool = pool
+        self._monitor = monitor
+        self._clock = clock
+        self._interval = interval
+        self._timeout = timeout
+        self._jitter = jitter
+        self._rise = rise
+        self._fall = fall
+        self._rng = rng if rng is not None else random.Random()
+        self._watches: dict[Backend, _Watch] = {}
+        self._next_refresh: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._refresh()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._next_refresh is not None and self._next_refresh.active():
+            self._next_refresh.cancel()
+        self._next_refresh = None
+        for watch in list(self._watches.values()):
+            self._forget(watch)
+
+    def _refresh(self) -> None:
+        self._next_refresh = None
+        current = list(self._pool.backends())
+        present = set(current)
+        for watch in [w for backend, w in self._watches.items() if backend not in present]:
+            self._forget(watch)
+        for backend in current:
+            if backend not in self._watches:
+                watch = _Watch(backend, healthy=backend.healthy)
+                self._watches[backend] = watch
+                self._probe(watch)
+        if self.running:
+            self._next_refresh = self._clock.callLater(self._interval, self._refresh)
+
+    def _forget(self, watch: _Watch) -> None:
+        self._watches.pop(watch.backend, None)
+        if watch.next_probe is not None and watch.next_probe.active():
+            watch.next_probe.cancel()
+        watch.next_probe = None
+        probe, watch.probe = watch.probe, None
+        if probe is not None:
+            probe.cancel()
+
+    def _probe(self, watch: _Watch) -> None:
+        watch.next_probe = None
+        started = self._clock.seconds()
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            probe.cancel()
+
+        def finished(result: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+            if watch.probe is not probe:
+                # Stopped or removed meanwhile: the result no longer matters.
+                return
+            watch.probe = None
+            if isinstance(result, Failure):
+                if timed_out and result.check(CancelledError):
+                    reason = f"timed out after {self._timeout:g}s"
+                else:
+                    reason = describe_error(result.value)
+                self._failed(watch, reason)
+            else:
+                self._succeeded(watch)
+            self._schedule(watch, started)
+
+        probe: Deferred[None] = maybeDeferred(self._monitor.check, watch.backend)
+        watch.probe = probe
+        deadline = self._clock.callLater(self._timeout, time_out)
+        probe.addBoth(finished)
+
+    def _schedule(self, watch: _Watch, started: float) -> None:
+        if not self.running or self._watches.get(watch.backend) is not watch:
+            return
+        spread = self._rng.uniform(-self._jitter, self._jitter)
+        due = started + self._interval * (1 + spread)
+        delay = max(0.0, due - self._clock.seconds())
+        watch.next_probe = self._clock.callLater(delay, self._probe, watch)
+
+    def _failed(self, watch: _Watch, reason: str) -> None:
+        watch.successes = 0
+        watch.failures += 1
+        self._log.debug(
+            "health check of {backend} failed: {reason}", backend=watch.backend.name, reason=reason
+        )
+        if watch.healthy and watch.failures >= self._fall:
+            watch.healthy = False
+            self._report(watch.backend, False, f"{_plural(self._fall, 'failed check')}: {reason}")
+
+    def _succeeded(self, watch: _Watch) -> None:
+        watch.failures = 0
+        watch.successes += 1
+        if not watch.healthy and watch.successes >= self._rise:
+            watch.healthy = True
+            self._report(watch.backend, True, _plural(self._rise, "successful check"))
+
+    def _report(self, backend: Backend, healthy: bool, reason: str) -> None:
+        try:
+            self._pool.set_health(backend, healthy, reason)
+        except Exception:
+            # The schedule must survive a faulty pool or observer.
+            self._log.failure("while reporting the health of {backend}", backend=backend.name)
