@@ -15,6 +15,7 @@ from twisted_rp.pool.backend import (
     PickContext,
     StickyResponse,
 )
+from twisted_rp.pool.passive import PassiveHealth
 from twisted_rp.pool.pool import BackendPool, RoundRobin
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Lease",
     "NoBackendAvailable",
     "Outcome",
+    "PassiveHealth",
     "PickContext",
     "RoundRobin",
     "StickyResponse",
