@@ -30,7 +30,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_rp.interfaces import IBackendPool
-from twisted_rp.pool import Backend, BackendPool, Lease, NoBackendAvailable, Outcome, PickContext
+from twisted_rp.pool import (
+    Backend,
+    BackendPool,
+    Lease,
+    NoBackendAvailable,
+    Outcome,
+    PickContext,
+    StickyResponse,
+)
 from twisted_rp.tcp import TCPProxyFactory, encode_v1, encode_v2
 
 CLIENT = IPv4Address("TCP", "192.0.2.10", 50000)
@@ -113,8 +121,9 @@ class RecordingPool:
     def __init__(self, backends: Sequence[Backend], retries: int | None = None) -> None:
         self.name = "recording"
         self._backends = list(backends)
-        if retries is not None:
-            self.retries = retries
+        self.retries = 2 if retries is None else retries
+        self.stickiness = None
+        self.pinned: list[tuple[str, str]] = []
         self.contexts: list[PickContext] = []
         self.outcomes: list[tuple[str, str]] = []
         self.waiting = False
@@ -126,9 +135,14 @@ class RecordingPool:
     def backends(self) -> Sequence[Backend]:
         return tuple(self._backends)
 
+    def sticky_response_done(
+        self, context: PickContext, backend: Backend, response: StickyResponse
+    ) -> None:
+        self.pinned.append((context.client_ip, backend.name))
+
     def lease(self, backend: Backend) -> Lease:
         backend.active += 1
-        return Lease(backend, self)  # type: ignore[arg-type]
+        return Lease(backend, self)
 
     def pick(self, context: PickContext) -> Lease | Deferred[Lease]:
         self.contexts.append(context)
@@ -283,6 +297,10 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(backend.received(), b"hello")
         self.assertEqual(harness.backends[0].active, 0)
         self.assertEqual(harness.backends[1].active, 1)
+        # The retry asked the pool to avoid the backend that failed, and the one that answered
+        # was offered to the stickiness.
+        self.assertEqual([c.avoid for c in harness.pool.contexts], [frozenset(), {"b1"}])
+        self.assertEqual([name for _, name in harness.pool.pinned], ["b2"])
 
     def test_all_attempts_fail_closes_client(self) -> None:
         harness = Harness()
@@ -299,7 +317,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(client.received(), b"")
 
     def test_retries_default_to_two(self) -> None:
-        """A pool without a C{retries} attribute gets three attempts in all."""
+        """A pool with the default C{retries} of 2 gets three attempts in all."""
         harness = Harness()
         client = harness.client()
         for _ in range(3):

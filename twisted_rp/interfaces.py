@@ -24,6 +24,11 @@ class IBackendPool(Interface):
     """
 
     name = Attribute("The pool's name (C{str}), as used in the configuration.")
+    retries = Attribute(
+        "How many other backends (C{int}) a protocol may try after a failed one: the first "
+        "try and C{retries} more."
+    )
+    stickiness = Attribute("The pool's L{IStickiness}, or L{None}.")
 
     def pick(context):  # type: ignore[no-untyped-def]
         """
@@ -43,6 +48,19 @@ class IBackendPool(Interface):
         """
         @return: the pool's backends, in configuration order (a sequence of
             L{twisted_rp.pool.backend.Backend}).
+        """
+
+    def release(lease, outcome):  # type: ignore[no-untyped-def]
+        """
+        Take back C{lease} (called by L{twisted_rp.pool.backend.Lease.release}) with the
+        L{twisted_rp.pool.backend.Outcome} of its use.
+        """
+
+    def sticky_response_done(context, backend, response):  # type: ignore[no-untyped-def]
+        """
+        C{backend} answered the client of C{context}: let the stickiness pin it (through
+        C{response}, a L{twisted_rp.pool.backend.StickyResponse}).  Protocols call this once per
+        answered request or session.
         """
 
 

@@ -71,6 +71,7 @@ class BackendConnection(Protocol):
         self.sink: ResponseSink | None = None
         self.requests = 0
         self.reusable = True
+        self.lost = False
         self.received_response_bytes = False
         self.idle_since = 0.0
         self._method = b"GET"
@@ -204,6 +205,7 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.reusable = False
+        self.lost = True
         self.pool.forget(self)
         sink, self.sink = self.sink, None
         if self.connected_deferred is not None:

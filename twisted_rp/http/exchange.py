@@ -28,14 +28,23 @@ from twisted_rp.http.message import (
 )
 from twisted_rp.http.parser import Framing, RequestInfo, ResponseInfo
 from twisted_rp.http.routing import Route
-from twisted_rp.pool.backend import Lease, NoBackendAvailable, Outcome, PickContext
+from twisted_rp.pool.backend import (
+    Lease,
+    NoBackendAvailable,
+    Outcome,
+    PickContext,
+    StickyResponse,
+)
 
 if TYPE_CHECKING:
     from twisted_rp.http.backend import BackendConnection
     from twisted_rp.http.proxy import HTTPProxyProtocol
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_MAX_ATTEMPTS = 3
+#: Retries when a pool does not say (HAProxy's and nginx's tries: the first and two more).
+_DEFAULT_RETRIES = 2
+#: Connection-oriented authentication: the client connection must keep its backend connection.
+_CONNECTION_AUTH = (b"ntlm", b"negotiate")
 _UPGRADE = frozenset({b"upgrade"})
 _NOTHING: frozenset[bytes] = frozenset()
 #: Response fields the proxy re-creates for the client connection.
@@ -54,6 +63,19 @@ class Valve:
         pass
 
 
+class _HTTPStickyResponse(StickyResponse):
+    """A response head as stickiness sees it: its Set-Cookie fields, and a way to add one."""
+
+    def __init__(self, head: ResponseHead) -> None:
+        self._head = head
+
+    def header_values(self, name: str) -> list[str]:
+        return [v.decode("latin-1") for v in self._head.headers.get_all(name.encode("latin-1"))]
+
+    def set_cookie(self, value: str) -> None:
+        self._head.headers.add(b"Set-Cookie", value.encode("latin-1"))
+
+
 def _text(value: bytes | None) -> str:
     return value.decode("latin-1") if value else ""
 
@@ -68,6 +90,7 @@ class Exchange:
         "_out",
         "attempts",
         "backend_time",
+        "bind_connection",
         "body_producer",
         "body_received",
         "bytes_sent",
@@ -76,8 +99,10 @@ class Exchange:
         "client_version",
         "close_after",
         "connection",
+        "context",
         "decoder",
         "expect_continue",
+        "failed_backends",
         "finished",
         "framing",
         "front",
@@ -90,6 +115,7 @@ class Exchange:
         "response_started",
         "route",
         "sent_at",
+        "stale_retried",
         "started",
         "status",
         "upgrade",
@@ -129,6 +155,10 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.body_received = 0
+        self.context: PickContext | None = None
+        self.failed_backends: set[str] = set()
+        self.stale_retried = False
+        self.bind_connection = False
         self._early: tuple[list[bytes], bytes | None] | None = None
         self.attempts = 0
         self.started = front.clock.seconds()
@@ -223,11 +253,34 @@ class Exchange:
             rewriter.rewrite_request(request)
         self._pick()
 
+    def _may_retry(self) -> bool:
+        """Whether another try is allowed: within the pool's retries, on a backend not yet
+        failed for this request (trying a lone dead backend again helps nobody)."""
+        pool = self.route.pool
+        if self.attempts >= 1 + getattr(pool, "retries", _DEFAULT_RETRIES):
+            return False
+        failed = self.failed_backends
+        return any(backend.name not in failed for backend in pool.backends())
+
     def _pick(self) -> None:
         self.attempts += 1
+        bound = self.front.bound
+        if bound is not None and not bound.lost:
+            # NTLM/Negotiate authenticated the connection, not the request: stay on it.
+            bound.backend.active += 1
+            self._picked(Lease(bound.backend, self.route.pool))
+            return
         request = self.request
-        context = PickContext(
-            "http", request.client_ip, request.host, None, None, self.head.headers.text
+        headers = self.head.headers
+        context = self.context = PickContext(
+            "http",
+            request.client_ip,
+            request.host,
+            None,
+            None,
+            headers.text,
+            headers.cookie,
+            frozenset(self.failed_backends),
         )
         try:
             lease = self.route.pool.pick(context)
@@ -261,6 +314,10 @@ class Exchange:
             return
         self.lease = lease
         self.request.backend = lease.backend
+        bound = self.front.bound
+        if bound is not None and bound.backend is lease.backend and not bound.lost:
+            self._send(bound)
+            return
         connection = self.front.connections.take_idle(lease.backend)
         if connection is not None:
             self._send(connection)
@@ -284,6 +341,7 @@ class Exchange:
         assert lease is not None
         timed_out = failure.check(ConnectTimeout) is not None
         lease.release(Outcome("timeout" if timed_out else "connect_failed"))
+        self.failed_backends.add(lease.backend.name)
         self._log.warn(
             "{request_id}: cannot connect to backend {backend} ({address}): {reason}",
             request_id=self.request.request_id,
@@ -296,7 +354,7 @@ class Exchange:
         if not failure.check(ConnectError, ConnectTimeout):
             self._log.failure("unexpected connect failure", failure)
         # Nothing was sent yet, so trying another backend is safe for any request.
-        if self.attempts < _MAX_ATTEMPTS and len(self.route.pool.backends()) > 1:
+        if self._may_retry():
             self._pick()
         else:
             self.fail(504 if timed_out else 502, "backend unavailable")
@@ -454,10 +512,23 @@ class Exchange:
                 headers.fields.append([b"connection", b"Connection", b"close"])
             elif not client_11:
                 headers.fields.append([b"connection", b"Connection", b"keep-alive"])
+        self._response_hooks(head)
+        self._out.append(self._serialize_head(head))
+
+    def _response_hooks(self, head: ResponseHead) -> None:
+        """Stickiness, connection-bound authentication, then the route's rewriters."""
+        pool = self.route.pool
+        lease = self.lease
+        if lease is not None and self.context is not None and getattr(pool, "stickiness", None):
+            pool.sticky_response_done(self.context, lease.backend, _HTTPStickyResponse(head))
+        if head.status == 401 and not self.bind_connection:
+            for challenge in head.headers.get_all(b"www-authenticate"):
+                if challenge.lower().startswith(_CONNECTION_AUTH):
+                    self.bind_connection = True
+                    break
         request = self.request
         for rewriter in self.route.response_rewriters:
             rewriter.rewrite_response(request, head)
-        self._out.append(self._serialize_head(head))
 
     def _fast_response_head(self, head: ResponseHead, cut: tuple[int, int], raw: bytes) -> None:
         # The common response: plain Content-Length, at most a Connection field to drop.
@@ -472,9 +543,8 @@ class Exchange:
         elif self.client_version != b"HTTP/1.1":
             raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
         head.headers.replace_raw(raw)
-        request = self.request
-        for rewriter in self.route.response_rewriters:
-            rewriter.rewrite_response(request, head)
+        if head.status == 401 or self.route.response_rewriters or self.context is not None:
+            self._response_hooks(head)
         self._out.append(self._serialize_head(head))
 
     def _serialize_head(self, head: ResponseHead) -> bytes:
@@ -516,19 +586,37 @@ class Exchange:
 
     def on_backend_lost(self, reason: Failure) -> None:
         connection = self.connection
-        if (
+        replayable = (
             connection is not None
             and not connection.received_response_bytes
-            and connection.requests > 1
             and self.framing.kind == "none"
             and self.client_method in _IDEMPOTENT
             and self.upgrade is None
-        ):
-            # A reused connection the backend closed while idle: the request never reached
-            # it, so sending it again on a fresh connection is safe.
+        )
+        if replayable and connection is not None:
             self.connection = None
-            self._connect_new()
-            return
+            if connection.requests > 1 and not self.stale_retried:
+                # A reused connection the backend closed while idle: the request most
+                # likely never reached it; send it again on a fresh connection.
+                self.stale_retried = True
+                self._connect_new()
+                return
+            lease = self.lease
+            if lease is not None:
+                self.failed_backends.add(lease.backend.name)
+            if self._may_retry():
+                # The backend died before answering an idempotent request: another one may.
+                self.lease = None
+                if lease is not None:
+                    lease.release(Outcome("bad_response", self._elapsed()))
+                self._log.warn(
+                    "{request_id}: backend {backend} closed without answering; trying again",
+                    request_id=self.request.request_id,
+                    backend=lease.backend.name if lease else "?",
+                )
+                self._pick()
+                return
+            self.connection = connection
         self._backend_failed(f"connection lost: {reason.getErrorMessage()}", "bad_response", 502)
 
     def timed_out(self) -> None:
@@ -596,6 +684,8 @@ class Exchange:
                 connection.transport.resumeProducing()
             if abort or not self.request_done or outcome.kind not in ("ok", "server_error"):
                 connection.abort()
+            elif self.bind_connection or self.front.bound is connection:
+                self.front.bind(connection)
             else:
                 connection.detach()
         lease, self.lease = self.lease, None

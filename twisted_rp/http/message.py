@@ -13,6 +13,8 @@ from typing import Any
 
 from attrs import define, field
 
+from twisted_rp.pool.sticky import request_cookie
+
 
 class HTTPError(Exception):
     """
@@ -118,6 +120,13 @@ class Headers:
         """The first value of C{name} as text (Latin-1), or L{None}: for L{PickContext}."""
         value = self.get(name.encode("latin-1"))
         return None if value is None else value.decode("latin-1")
+
+    def cookie(self, name: str) -> str | None:
+        """The value of request cookie C{name} (RFC 6265), or L{None}: for L{PickContext}."""
+        fields = self.get_all(b"cookie")
+        if not fields:
+            return None
+        return request_cookie("; ".join(f.decode("latin-1") for f in fields), name)
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of C{name}, in order."""

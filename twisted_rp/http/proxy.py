@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rp.http.backend import BackendConnections
+from twisted_rp.http.backend import BackendConnection, BackendConnections
 from twisted_rp.http.exchange import Exchange, Valve
 from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
@@ -69,6 +69,7 @@ class HTTPProxyProtocol(Protocol):
         self.forwarding_cache: dict[bytes | None, bytes] = {}
         self.client_full = False
         self.closing = False
+        self.bound: BackendConnection | None = None
         self.wants_keepalive = True
         self.exchange: Exchange | None = None
         self._state = _HEAD
@@ -368,12 +369,23 @@ class HTTPProxyProtocol(Protocol):
         elif exchange is not None:
             exchange.timed_out()
 
+    def bind(self, connection: BackendConnection) -> None:
+        """
+        Keep C{connection} for this client connection's later requests (NTLM and Negotiate
+        authenticate the connection, not the request); it is never shared or pooled.
+        """
+        connection.sink = None
+        self.bound = connection
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = _CLOSED
         self.stop_timer()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_lost()
+        bound, self.bound = self.bound, None
+        if bound is not None:
+            bound.abort()
 
     def shutdown(self) -> None:
         """Close once the current response is complete (or now, if idle)."""

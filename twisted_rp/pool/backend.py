@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from attrs import define, field, frozen
 
 if TYPE_CHECKING:
-    from twisted_rp.pool.pool import BackendPool
+    from twisted_rp.interfaces import IBackendPool
 
 
 def _no_value(name: str) -> str | None:
@@ -97,6 +97,8 @@ class PickContext:
     user: str | None = None
     header: Callable[[str], str | None] = _no_value
     cookie: Callable[[str], str | None] = _no_value
+    #: Names of backends that already failed this request: a retry goes elsewhere if it can.
+    avoid: frozenset[str] = frozenset()
 
 
 @frozen
@@ -131,7 +133,7 @@ class Lease:
     """
 
     backend: Backend
-    pool: BackendPool
+    pool: IBackendPool
     released: bool = field(default=False, init=False)
 
     def release(self, outcome: Outcome) -> None:
