@@ -543,7 +543,12 @@ class Exchange:
         elif self.client_version != b"HTTP/1.1":
             raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
         head.headers.replace_raw(raw)
-        if head.status == 401 or self.route.response_rewriters or self.context is not None:
+        route = self.route
+        if (
+            head.status == 401
+            or route.response_rewriters
+            or getattr(route.pool, "stickiness", None) is not None
+        ):
             self._response_hooks(head)
         self._out.append(self._serialize_head(head))
 
