@@ -519,7 +519,8 @@ class Exchange:
         """Stickiness, connection-bound authentication, then the route's rewriters."""
         pool = self.route.pool
         lease = self.lease
-        if lease is not None and self.context is not None and getattr(pool, "stickiness", None):
+        sticky = getattr(pool, "stickiness", None)
+        if lease is not None and self.context is not None and sticky is not None:
             pool.sticky_response_done(self.context, lease.backend, _HTTPStickyResponse(head))
         if head.status == 401 and not self.bind_connection:
             for challenge in head.headers.get_all(b"www-authenticate"):
