@@ -91,6 +91,12 @@ class ConnectTests(BackendConnectionsTestCase):
         ((host, port, _, timeout, _),) = self.reactor.tcpClients
         self.assertEqual((host, port, timeout), ("127.0.0.1", 8002, 3.5))
 
+    def test_connects_to_the_backends_http_port(self) -> None:
+        # A server shared by several protocols names its HTTP port.
+        self.connections.connect(Backend("b3", "127.0.0.1", 21, ports={"http": 8080}))
+        ((host, port, _, _, _),) = self.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 8080))
+
     def test_connected_connection_sets_no_delay(self) -> None:
         _, server = self.connect()
         self.assertTrue(server.transport.no_delay)

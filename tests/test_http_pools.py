@@ -172,6 +172,8 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(message.status, 200)
         self.assertEqual(message.body, b"from the second")
         failed = harness.name_of(first)
+        # The balancer sees the request's path and query (for hash_key = "uri").
+        self.assertEqual(harness.balancer.contexts[0].path, "/page")
         self.assertEqual(harness.balancer.contexts[0].avoid, frozenset())
         self.assertEqual(harness.balancer.contexts[1].avoid, frozenset({failed}))
         self.assertEqual(

@@ -120,6 +120,25 @@ class PoolTestCase(SynchronousTestCase):
             Lease(backend, pool).release(Outcome(kind))
 
 
+class WeightZeroTests(PoolTestCase):
+    """
+    A backend of weight 0 gets no new requests whatever the balancer (as in HAProxy).
+    """
+
+    def test_round_robin_skips_weight_zero(self) -> None:
+        pool = self.make_pool(
+            Backend("a", "127.0.0.1", 8000), Backend("b", "127.0.0.1", 8001, weight=0)
+        )
+        self.assertEqual(self.names(pool, 4), ["a"] * 4)
+
+    def test_setting_weight_zero_and_back(self) -> None:
+        pool = self.make_pool()
+        pool.set_weight("b", 0)
+        self.assertNotIn("b", self.names(pool, 6))
+        pool.set_weight("b", 2)
+        self.assertIn("b", self.names(pool, 6))
+
+
 class BasicTests(PoolTestCase):
     """
     Picking and releasing with every backend up.

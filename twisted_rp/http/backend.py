@@ -280,7 +280,7 @@ class BackendConnections:
         connection.connected_deferred = d
         self.reactor.connectTCP(
             backend.host,
-            backend.port,
+            backend.port_for("http"),
             _ConnectingFactory(connection),
             timeout=self.timeouts.backend_connect,
         )

@@ -276,7 +276,7 @@ class Exchange:
             "http",
             request.client_ip,
             request.host,
-            None,
+            self.client_target.decode("latin-1"),
             None,
             headers.text,
             headers.cookie,

@@ -375,7 +375,10 @@ class BackendPool:
         old = backend.weight
         if old == weight:
             return
+        was_eligible = _eligible(backend)
         backend.weight = weight
+        if _eligible(backend) != was_eligible:
+            self._refresh()
         if backend in self._ramping:
             self._advance()
         else:
@@ -534,8 +537,16 @@ class BackendPool:
 
 
 def _eligible(backend: Backend) -> bool:
-    """Whether C{backend} may get new, non-sticky requests (capacity aside)."""
-    return backend.admin_state == "enabled" and backend.healthy and not backend.ejected_until
+    """
+    Whether C{backend} may get new, non-sticky requests (capacity aside).  Weight 0 gets none
+    (as in HAProxy), whatever the balancer, but keeps its sticky clients.
+    """
+    return (
+        backend.admin_state == "enabled"
+        and backend.healthy
+        and not backend.ejected_until
+        and backend.weight > 0
+    )
 
 
 def _serves_sticky(backend: Backend) -> bool:
