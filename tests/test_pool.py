@@ -903,6 +903,19 @@ class PassiveTests(PoolTestCase):
         self.assertEqual(self.backend("a").ejected_until, 11.0)
         self.assertEqual(set(self.names(self.pool, 4)), {"b", "c"})
 
+    def test_active_recovery_lifts_ejection(self) -> None:
+        """
+        A backend ejected by passive health, then seen down and back up by the active checks
+        (a restarted server), serves again at once rather than after its ejection.
+        """
+        backend = self.backend("a")
+        self.fail_backend(self.pool, "a", 3)
+        self.pool.set_health(backend, False, "2 failed checks")
+        self.clock.advance(1.0)
+        self.pool.set_health(backend, True, "2 successful checks")
+        self.assertEqual(backend.ejected_until, 0.0)
+        self.assertIn("a", self.names(self.pool, 3))
+
     def test_success_resets(self) -> None:
         self.fail_backend(self.pool, "a", 2)
         self.fail_backend(self.pool, "a", 1, "ok")

@@ -342,6 +342,12 @@ class BackendPool:
             return
         was_eligible = _eligible(backend)
         backend.healthy = healthy
+        if healthy and backend in self._ejected:
+            # The active checks just saw it recover (a restarted server): that is better news
+            # than the failures that ejected it, so the ejection ends too (as Envoy does).
+            del self._ejected[backend]
+            backend.ejected_until = 0.0
+            reason += "; passive ejection lifted"
         self._changed(backend, was_eligible, reason)
 
     def set_admin_state(self, name: str, state: str) -> None:
