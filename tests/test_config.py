@@ -9,20 +9,32 @@ import re
 import sys
 from pathlib import Path
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_rp.config import (
-    BackendConfig,
     Config,
     ConfigError,
     ListenerConfig,
-    PoolConfig,
     RouteConfig,
     load_config,
     parse_config,
     quick_config,
 )
+from twisted_rp.config_pools import (
+    BackendConfig,
+    DNSConfig,
+    HealthConfig,
+    PassiveConfig,
+    PoolConfig,
+    StickyConfig,
+)
+from twisted_rp.pool import BackendPool, PassiveHealth
+from twisted_rp.pool.balancers import BALANCERS
+from twisted_rp.pool.health import HealthChecker
+from twisted_rp.pool.sticky import AppCookieStickiness, CookieStickiness, SourceIPStickiness
 from twisted_rp.settings import HeaderPolicy, Limits, LogSettings, ProxySettings, Timeouts
+from twisted_rp.tcp import TCPProxyFactory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,11 +196,27 @@ class LoadTests(SynchronousTestCase):
         Every example file shipped in the repository is valid.
         """
         examples = sorted((REPOSITORY / "examples").glob("*.toml"))
-        self.assertIn("basic.toml", [path.name for path in examples])
-        self.assertIn("multi-site.toml", [path.name for path in examples])
+        names = [path.name for path in examples]
+        for name in ("basic.toml", "multi-site.toml", "failover.toml", "tcp.toml"):
+            self.assertIn(name, names)
         for path in examples:
             config = load_config(str(path))
             self.assertTrue(config.listeners, path)
+
+    def test_pool_examples(self) -> None:
+        """
+        The failover and TCP examples show what their comments say.
+        """
+        failover = load_config(str(REPOSITORY / "examples" / "failover.toml")).pool("app")
+        assert failover.health is not None and failover.sticky is not None
+        self.assertEqual((failover.health.kind, failover.health.fall), ("http", 3))
+        self.assertEqual((failover.sticky.kind, failover.passive), ("cookie", PassiveConfig()))
+        self.assertEqual([b.backup for b in failover.backends], [False, False, False, True])
+        tcp = load_config(str(REPOSITORY / "examples" / "tcp.toml"))
+        self.assertEqual([listener.protocol for listener in tcp.listeners], ["tcp", "tcp", "http"])
+        self.assertEqual(
+            tcp.pool("postgres").dns, DNSConfig("postgres.db.svc.cluster.local", 5432, "A", 10.0)
+        )
 
     def test_documentation_example(self) -> None:
         """
@@ -201,6 +229,10 @@ class LoadTests(SynchronousTestCase):
         config = parse(block)
         self.assertEqual(len(config.routes), 2)
         self.assertEqual(config.log.access, "json")
+        self.assertEqual(config.listeners[2].pool, "db")
+        web = config.pool("web")
+        self.assertTrue(web.sticky and web.health and web.passive)
+        self.assertIsNotNone(config.pool("db").dns)
 
 
 class ErrorTests(SynchronousTestCase):
@@ -323,7 +355,7 @@ class ErrorTests(SynchronousTestCase):
             "expected an array, got 'example.com'",
         )
         self.assertError(
-            self.replace("[pool.web]", "[pool.web]\nbalance = 'random'"), "pool.web.balance"
+            self.replace("[pool.web]", "[pool.web]\nbalance = 'fastest'"), "pool.web.balance"
         )
         self.assertError(MINIMAL + '[log]\naccess = "common"\n', "log.access")
         # The log level is twistd's (and, later, the structured-log option's), not ours.
@@ -447,7 +479,11 @@ class QuickConfigTests(SynchronousTestCase):
         self.assertError("--listen", [], ["h:1"])
 
     def test_bad_balance(self) -> None:
-        self.assertError("--balance", ["tcp:8080"], ["h:1"], "random")
+        self.assertError("--balance", ["tcp:8080"], ["h:1"], "fastest")
+
+    def test_every_balancer(self) -> None:
+        for name in BALANCERS:
+            self.assertEqual(quick_config(["8080"], ["h:1"], name).pools[0].balance, name)
 
     def test_listen_host_port(self) -> None:
         config = quick_config(["localhost:8080"], ["h:1"])
@@ -467,3 +503,524 @@ class ConfigErrorTests(SynchronousTestCase):
         self.assertEqual(
             config.proxy.headers.trusted_proxies, (ipaddress.ip_network("10.0.0.0/8"),)
         )
+
+
+POOLS = """
+[[listener]]
+name = "web"
+protocol = "http"
+endpoint = "tcp:8080"
+
+[[listener]]
+name = "db"
+protocol = "tcp"
+endpoint = "tcp:5432"
+pool = "db"
+send_proxy = "v2"
+accept_proxy = true
+trusted_proxies = ["10.0.0.0/8", "::1"]
+idle_timeout = 3600
+
+[[route]]
+pool = "web"
+
+[pool.web]
+balance = "hash"
+hash_key = "cookie:session"
+retries = 0
+slow_start = 30
+queue_size = 100
+queue_timeout = 2.5
+
+[[pool.web.backends]]
+address = "10.0.0.1:8000"
+name = "web-1"
+max_connections = 50
+ports = { http = 8000, ftp = 2121 }
+
+[pool.web.sticky]
+kind = "cookie"
+strict = true
+cookie = "SERVER"
+secret = "0123456789abcdef0123"
+path = "/app"
+max_age = 3600
+secure = true
+http_only = false
+same_site = "none"
+
+[pool.web.health]
+kind = "http"
+interval = 2
+timeout = 1
+jitter = 0
+rise = 3
+fall = 1
+path = "/health"
+method = "HEAD"
+host = "app.example.com"
+expect_status = [200, 204]
+body_regex = "ok|fine"
+
+[pool.web.passive]
+consecutive_failures = 3
+base_ejection = 10
+max_ejection = 60
+max_ejected_share = 0.25
+
+[pool.db]
+balance = "least_connections"
+
+[pool.db.sticky]
+kind = "source_ip"
+expiry = 60
+max_entries = 10
+
+[pool.db.health]
+kind = "tcp"
+
+[pool.db.dns]
+name = "_postgres._tcp.db.internal"
+kind = "SRV"
+interval = 15
+
+[pool.app]
+[pool.app.dns]
+name = "app.internal"
+port = 8080
+
+[pool.app.sticky]
+kind = "app_cookie"
+cookie = "JSESSIONID"
+
+[pool.app.health]
+kind = "ftp"
+user = "probe"
+password = "secret"
+
+[pool.tls]
+[[pool.tls.backends]]
+address = "10.0.0.9:443"
+[pool.tls.health]
+kind = "tls"
+server_name = "tls.example.com"
+"""
+
+
+class PoolKeyTests(SynchronousTestCase):
+    """
+    Every key of C{[pool.NAME]} and of C{tcp} listeners reaches the configuration objects.
+    """
+
+    def test_round_trip(self) -> None:
+        config = parse(POOLS)
+        web = config.pool("web")
+        self.assertEqual(
+            web,
+            PoolConfig(
+                "web",
+                (
+                    BackendConfig(
+                        "web-1",
+                        "10.0.0.1",
+                        8000,
+                        max_connections=50,
+                        ports=(("http", 8000), ("ftp", 2121)),
+                    ),
+                ),
+                balance="hash",
+                hash_key="cookie:session",
+                retries=0,
+                slow_start=30.0,
+                queue_size=100,
+                queue_timeout=2.5,
+                sticky=StickyConfig(
+                    "cookie",
+                    strict=True,
+                    cookie="SERVER",
+                    secret=b"0123456789abcdef0123",
+                    path="/app",
+                    max_age=3600,
+                    secure=True,
+                    http_only=False,
+                    same_site="None",
+                ),
+                health=HealthConfig(
+                    "http",
+                    interval=2.0,
+                    timeout=1.0,
+                    jitter=0.0,
+                    rise=3,
+                    fall=1,
+                    path="/health",
+                    method="HEAD",
+                    host="app.example.com",
+                    expect_status=(200, 204),
+                    body_regex="ok|fine",
+                ),
+                passive=PassiveConfig(3, 10.0, 60.0, 0.25),
+            ),
+        )
+        self.assertEqual(
+            config.pool("db"),
+            PoolConfig(
+                "db",
+                (),
+                balance="least_connections",
+                sticky=StickyConfig("source_ip", expiry=60.0, max_entries=10),
+                health=HealthConfig("tcp"),
+                dns=DNSConfig("_postgres._tcp.db.internal", kind="SRV", interval=15.0),
+            ),
+        )
+        app = config.pool("app")
+        self.assertEqual(app.dns, DNSConfig("app.internal", port=8080))
+        self.assertEqual(
+            app.sticky,
+            StickyConfig("app_cookie", cookie="JSESSIONID", expiry=3600.0, max_entries=100_000),
+        )
+        self.assertEqual(app.health, HealthConfig("ftp", user="probe", password="secret"))
+        self.assertNotIn("secret", repr(app.health))
+        self.assertNotIn("0123456789", repr(web.sticky))
+        tls = config.pool("tls").health
+        self.assertEqual(tls, HealthConfig("tls", server_name="tls.example.com"))
+        self.assertEqual(
+            config.listeners[1],
+            ListenerConfig(
+                "db",
+                "tcp",
+                "tcp:5432",
+                pool="db",
+                send_proxy="v2",
+                accept_proxy=True,
+                trusted_proxies=(
+                    ipaddress.ip_network("10.0.0.0/8"),
+                    ipaddress.ip_network("::1"),
+                ),
+                idle_timeout=3600.0,
+            ),
+        )
+
+    def test_defaults_are_the_librarys(self) -> None:
+        """
+        What a file leaves out is what the classes it configures do by default.
+        """
+        config = parse(
+            MINIMAL
+            + "[pool.web.health]\nkind = 'http'\n[pool.web.passive]\n"
+            + "[pool.web.sticky]\nkind = 'cookie'\nsecret = '"
+            + "s" * 16
+            + "'\n"
+        )
+        web = config.pool("web")
+        pool = BackendPool("x", [])
+        self.assertEqual(
+            (web.balance, web.retries, web.slow_start, web.queue_size, web.queue_timeout),
+            ("round_robin", pool.retries, pool.slow_start, pool.queue_size, pool.queue_timeout),
+        )
+        passive = PassiveHealth()
+        assert web.passive is not None
+        self.assertEqual(
+            web.passive,
+            PassiveConfig(
+                passive.consecutive_failures,
+                passive.base_ejection,
+                passive.max_ejection,
+                passive.max_ejected_share,
+            ),
+        )
+        assert web.health is not None
+        checker = HealthChecker(pool, None, None)  # type: ignore[arg-type]
+        self.assertEqual(
+            (web.health.interval, web.health.timeout, web.health.jitter),
+            (checker._interval, checker._timeout, checker._jitter),
+        )
+        self.assertEqual((web.health.rise, web.health.fall), (checker._rise, checker._fall))
+        self.assertEqual(
+            (web.health.path, web.health.method, web.health.expect_status), ("/", "GET", (200, 399))
+        )
+        cookie = CookieStickiness(b"s" * 16)
+        assert web.sticky is not None
+        self.assertEqual(
+            (web.sticky.cookie, web.sticky.path, web.sticky.max_age, web.sticky.same_site),
+            (cookie.name, cookie.path, 0, cookie.same_site),
+        )
+        self.assertEqual(
+            (web.sticky.secure, web.sticky.http_only, web.sticky.strict),
+            (cookie.secure, cookie.http_only, cookie.strict),
+        )
+        self.assertEqual(config.listeners[0].idle_timeout, 0.0)
+
+    def test_table_kind_defaults(self) -> None:
+        app = parse(MINIMAL + "[pool.web.sticky]\nkind = 'app_cookie'\n").pool("web").sticky
+        source = parse(MINIMAL + "[pool.web.sticky]\nkind = 'source_ip'\n").pool("web").sticky
+        assert app is not None and source is not None
+        app_default, source_default = AppCookieStickiness(), SourceIPStickiness()
+        self.assertEqual(
+            (app.cookie, app.expiry, app.max_entries),
+            (app_default.cookie, app_default.expiry, app_default.max_entries),
+        )
+        self.assertEqual(
+            (source.cookie, source.expiry, source.max_entries),
+            (None, source_default.expiry, source_default.max_entries),
+        )
+
+    def test_tcp_listener_defaults(self) -> None:
+        text = MINIMAL + '[[listener]]\nname = "t"\nprotocol = "tcp"\nendpoint = "tcp:1"\n'
+        listener = parse(text + 'pool = "web"\n').listeners[1]
+        factory = TCPProxyFactory(MemoryReactorClock(), BackendPool("x", []))
+        self.assertEqual(
+            (listener.send_proxy, listener.accept_proxy, listener.idle_timeout),
+            (factory.send_proxy, factory.accept_proxy, factory.idle_timeout),
+        )
+
+    def test_tcp_only(self) -> None:
+        """
+        A file with only TCP listeners needs no routes.
+        """
+        text = MINIMAL.replace('protocol = "http"', 'protocol = "tcp"\npool = "web"')
+        text = text.replace('[[route]]\npool = "web"\n', "")
+        config = parse(text)
+        self.assertEqual((config.routes, config.listeners[0].pool), ((), "web"))
+
+    def test_every_balancer(self) -> None:
+        for name in BALANCERS:
+            text = MINIMAL.replace("[pool.web]", f"[pool.web]\nbalance = {name!r}")
+            self.assertEqual(parse(text).pool("web").balance, name)
+
+    def test_hash_keys(self) -> None:
+        for key in ("source_ip", "uri", "header:X-User", "cookie:sid"):
+            text = MINIMAL.replace(
+                "[pool.web]", f"[pool.web]\nbalance = 'hash'\nhash_key = {key!r}"
+            )
+            self.assertEqual(parse(text).pool("web").hash_key, key)
+
+    def test_secret_file(self) -> None:
+        path = Path(self.mktemp())
+        path.write_bytes(b"k" * 32 + b"\n")
+        text = MINIMAL + f"[pool.web.sticky]\nkind = 'cookie'\nsecret_file = {str(path)!r}\n"
+        sticky = parse(text).pool("web").sticky
+        assert sticky is not None
+        self.assertEqual(sticky.secret, b"k" * 32)
+
+    def test_dns_without_backends(self) -> None:
+        text = MINIMAL.replace('[[pool.web.backends]]\naddress = "127.0.0.1:8081"', "")
+        config = parse(text + "[pool.web.dns]\nname = 'web.internal'\nport = 80\nkind = 'A+AAAA'\n")
+        self.assertEqual(config.pool("web").backends, ())
+        self.assertEqual(config.pool("web").dns, DNSConfig("web.internal", 80, "A+AAAA"))
+
+
+class PoolErrorTests(SynchronousTestCase):
+    """
+    Each mistake in the pool and TCP listener keys is reported at its exact key path.
+    """
+
+    def assertError(self, extra: str, key: str, message: str | None = None) -> ConfigError:
+        """
+        C{MINIMAL} with C{extra} appended fails at C{key}, with exactly C{message} if given.
+        """
+        error = self.assertRaises(ConfigError, parse, MINIMAL + extra)
+        self.assertEqual((error.source, error.key), ("test.toml", key), str(error))
+        if message is not None:
+            self.assertEqual(error.message, message)
+        return error
+
+    def assertPoolKeyError(self, keys: str, key: str, message: str | None = None) -> None:
+        """C{keys} in the C{[pool.web]} table (not its last backend) fail at C{key}."""
+        error = self.assertRaises(
+            ConfigError, parse, MINIMAL.replace("[pool.web]\n", f"[pool.web]\n{keys}")
+        )
+        self.assertEqual(error.key, key, str(error))
+        if message is not None:
+            self.assertEqual(error.message, message)
+
+    def test_pool_keys(self) -> None:
+        self.assertPoolKeyError(
+            "retries = -1\n", "pool.web.retries", "expected an integer >= 0, got -1"
+        )
+        self.assertPoolKeyError("retries = 1.5\n", "pool.web.retries")
+        self.assertPoolKeyError("slow_start = -1\n", "pool.web.slow_start")
+        self.assertPoolKeyError("queue_size = -1\n", "pool.web.queue_size")
+        self.assertPoolKeyError(
+            "queue_timeout = 0\n", "pool.web.queue_timeout", "expected a number > 0, got 0"
+        )
+        self.assertPoolKeyError("hash_key = 'uri'\n", "pool.web.hash_key")
+        self.assertPoolKeyError("balance = 'hash'\nhash_key = 'body'\n", "pool.web.hash_key")
+        self.assertPoolKeyError("balance = 'hash'\nhash_key = 'header:'\n", "pool.web.hash_key")
+        self.assertPoolKeyError("stickiness = {}\n", "pool.web.stickiness")
+
+    def test_backend_keys(self) -> None:
+        backend = '[[pool.web.backends]]\naddress = "10.0.0.2:1"\n'
+        self.assertError(backend + "max_connections = -1\n", "pool.web.backends[1].max_connections")
+        self.assertError(
+            backend + "ports = { http = 0 }\n",
+            "pool.web.backends[1].ports.http",
+            "expected an integer from 1 to 65535, got 0",
+        )
+        self.assertError(backend + "ports = { HTTP = 80 }\n", "pool.web.backends[1].ports.HTTP")
+        self.assertError(backend + "ports = 80\n", "pool.web.backends[1].ports")
+
+    def test_no_backends(self) -> None:
+        error = self.assertRaises(
+            ConfigError,
+            parse,
+            MINIMAL.replace('[[pool.web.backends]]\naddress = "127.0.0.1:8081"', ""),
+        )
+        self.assertEqual(error.key, "pool.web.backends")
+        self.assertIn("[pool.web.dns]", error.message)
+
+    def test_sticky_keys(self) -> None:
+        sticky = "[pool.web.sticky]\n"
+        cookie = sticky + "kind = 'cookie'\nsecret = '" + "s" * 16 + "'\n"
+        self.assertError(sticky, "pool.web.sticky.kind", "required key is missing")
+        self.assertError(sticky + "kind = 'url'\n", "pool.web.sticky.kind")
+        self.assertError(sticky + "kind = 'cookie'\n", "pool.web.sticky.secret")
+        self.assertError(
+            sticky + "kind = 'cookie'\nsecret = 'short'\n",
+            "pool.web.sticky.secret",
+            "the secret must be at least 16 bytes, got 5",
+        )
+        self.assertError(
+            cookie + "secret_file = '/x'\n",
+            "pool.web.sticky.secret_file",
+            "give either secret or secret_file, not both",
+        )
+        self.assertError(cookie + "max_age = -1\n", "pool.web.sticky.max_age")
+        self.assertError(cookie + "same_site = 'sometimes'\n", "pool.web.sticky.same_site")
+        self.assertError(cookie + "same_site = 'None'\n", "pool.web.sticky.same_site")
+        self.assertError(cookie + "cookie = 'a b'\n", "pool.web.sticky.cookie")
+        self.assertError(cookie + "secure = 'yes'\n", "pool.web.sticky.secure")
+        self.assertError(cookie + "http_only = 1\n", "pool.web.sticky.http_only")
+        self.assertError(cookie + "strict = 1\n", "pool.web.sticky.strict")
+        self.assertError(cookie + "path = 'app'\n", "pool.web.sticky.path")
+        self.assertError(cookie + "expiry = 5\n", "pool.web.sticky.expiry")
+        # What the class itself refuses is reported at the table.
+        self.assertError(cookie + "cookie = '__Host-x'\n", "pool.web.sticky")
+        self.assertError(
+            sticky + "kind = 'source_ip'\ncookie = 'x'\n",
+            "pool.web.sticky.cookie",
+            "only used with kind = 'cookie' or 'app_cookie', not 'source_ip'",
+        )
+        self.assertError(sticky + "kind = 'source_ip'\nexpiry = 0\n", "pool.web.sticky.expiry")
+        self.assertError(
+            sticky + "kind = 'app_cookie'\nmax_entries = 0\n", "pool.web.sticky.max_entries"
+        )
+        self.assertError(sticky + "kind = 'app_cookie'\ncolour = 1\n", "pool.web.sticky.colour")
+
+    def test_secret_file_missing(self) -> None:
+        missing = self.mktemp()
+        error = self.assertError(
+            f"[pool.web.sticky]\nkind = 'cookie'\nsecret_file = {missing!r}\n",
+            "pool.web.sticky.secret_file",
+        )
+        self.assertIn("No such file", error.message)
+        self.assertIn(missing, error.message)
+        short = Path(self.mktemp())
+        short.write_bytes(b"tiny\n")
+        self.assertError(
+            f"[pool.web.sticky]\nkind = 'cookie'\nsecret_file = {str(short)!r}\n",
+            "pool.web.sticky.secret_file",
+            "the secret must be at least 16 bytes, got 4",
+        )
+
+    def test_health_keys(self) -> None:
+        health = "[pool.web.health]\n"
+        http = health + "kind = 'http'\n"
+        self.assertError(health, "pool.web.health.kind")
+        self.assertError(health + "kind = 'icmp'\n", "pool.web.health.kind")
+        self.assertError(http + "interval = 0\n", "pool.web.health.interval")
+        self.assertError(http + "timeout = -1\n", "pool.web.health.timeout")
+        self.assertError(http + "jitter = 1\n", "pool.web.health.jitter")
+        self.assertError(http + "rise = 0\n", "pool.web.health.rise")
+        self.assertError(http + "fall = 0\n", "pool.web.health.fall")
+        self.assertError(http + "path = 'health'\n", "pool.web.health.path")
+        self.assertError(http + "method = 'GET /'\n", "pool.web.health.method")
+        self.assertError(http + "expect_status = 200\n", "pool.web.health.expect_status")
+        self.assertError(http + "expect_status = [300, 200]\n", "pool.web.health.expect_status")
+        self.assertError(http + "expect_status = [200, 600]\n", "pool.web.health.expect_status")
+        error = self.assertError(http + "body_regex = 'ok('\n", "pool.web.health.body_regex")
+        self.assertIn("'ok('", error.message)
+        self.assertError(
+            health + "kind = 'tcp'\npath = '/'\n",
+            "pool.web.health.path",
+            "only used with kind = 'http', not 'tcp'",
+        )
+        self.assertError(
+            health + "kind = 'tls'\nserver_name = 'a b'\n", "pool.web.health.server_name"
+        )
+        self.assertError(health + "kind = 'ftp'\npassword = 'x'\n", "pool.web.health.password")
+        self.assertError(
+            health + "kind = 'ftp'\nserver_name = 'x'\n", "pool.web.health.server_name"
+        )
+
+    def test_passive_keys(self) -> None:
+        passive = "[pool.web.passive]\n"
+        self.assertError(
+            passive + "consecutive_failures = 0\n", "pool.web.passive.consecutive_failures"
+        )
+        self.assertError(passive + "base_ejection = 0\n", "pool.web.passive.base_ejection")
+        self.assertError(
+            passive + "base_ejection = 60\nmax_ejection = 30\n",
+            "pool.web.passive.max_ejection",
+            "must not be less than base_ejection (60), got 30",
+        )
+        self.assertError(
+            passive + "max_ejected_share = 1.5\n",
+            "pool.web.passive.max_ejected_share",
+            "expected a number from 0 to 1, got 1.5",
+        )
+        self.assertError(passive + "eject = true\n", "pool.web.passive.eject")
+
+    def test_dns_keys(self) -> None:
+        dns = "[pool.web.dns]\n"
+        self.assertError(dns + "port = 80\n", "pool.web.dns.name")
+        self.assertError(dns + "name = 'a b'\nport = 80\n", "pool.web.dns.name")
+        self.assertError(dns + "name = 'a.b'\n", "pool.web.dns.port", "required key is missing")
+        self.assertError(dns + "name = 'a.b'\nport = 80\nkind = 'MX'\n", "pool.web.dns.kind")
+        self.assertError(dns + "name = 'a.b'\nport = 80\ninterval = 0\n", "pool.web.dns.interval")
+        self.assertError(
+            dns + "name = '_h._tcp.a.b'\nkind = 'SRV'\nport = 80\n", "pool.web.dns.port"
+        )
+
+    def test_tcp_listener_keys(self) -> None:
+        tcp = '[[listener]]\nname = "t"\nprotocol = "tcp"\nendpoint = "tcp:1"\n'
+        self.assertError(tcp, "listener[1].pool", "required key is missing")
+        self.assertError(
+            tcp + 'pool = "db"\n', "listener[1].pool", "no pool named 'db' (defined: web)"
+        )
+        self.assertError(tcp + 'pool = "web"\nsend_proxy = "v3"\n', "listener[1].send_proxy")
+        self.assertError(tcp + 'pool = "web"\nidle_timeout = -1\n', "listener[1].idle_timeout")
+        self.assertError(tcp + 'pool = "web"\naccept_proxy = true\n', "listener[1].trusted_proxies")
+        self.assertError(
+            tcp + 'pool = "web"\naccept_proxy = true\ntrusted_proxies = []\n',
+            "listener[1].trusted_proxies",
+        )
+        self.assertError(
+            tcp + 'pool = "web"\ntrusted_proxies = ["10.0.0.0/8"]\n',
+            "listener[1].trusted_proxies",
+            "has no effect without accept_proxy = true",
+        )
+        self.assertError(
+            tcp + 'pool = "web"\naccept_proxy = true\ntrusted_proxies = ["10.0.0.0/33"]\n',
+            "listener[1].trusted_proxies[0]",
+        )
+
+    def test_http_listener_has_no_tcp_keys(self) -> None:
+        text = MINIMAL.replace('protocol = "http"', 'protocol = "http"\nsend_proxy = "v1"')
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(error.key, "listener[0].send_proxy")
+        self.assertEqual(error.message, "only used with protocol = \"tcp\", not 'http'")
+
+    def test_route_to_tcp_listener(self) -> None:
+        tcp = '[[listener]]\nname = "t"\nprotocol = "tcp"\nendpoint = "tcp:1"\npool = "web"\n'
+        text = MINIMAL.replace(
+            'pool = "web"\n\n[pool.web]', 'pool = "web"\nlisteners = ["t"]\n\n[pool.web]'
+        )
+        error = self.assertRaises(ConfigError, parse, text + tcp)
+        self.assertEqual(
+            (error.key, error.message), ("route[0].listeners[0]", "not an http listener named 't'")
+        )
+
+    def test_routes_without_http_listener(self) -> None:
+        text = MINIMAL.replace('protocol = "http"', 'protocol = "tcp"\npool = "web"')
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(error.key, "route")

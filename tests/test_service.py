@@ -9,14 +9,26 @@ import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IResolver
 from twisted.internet.testing import MemoryReactorClock
+from twisted.names.common import ResolverBase
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from twisted_rp.config import Config, ConfigError, parse_config
 from twisted_rp.http.message import AccessRecord
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.pool import BackendPool, RoundRobin
+from twisted_rp.pool.balancers import HashBalancer, LeastConnections
+from twisted_rp.pool.dns import DNSMembership
+from twisted_rp.pool.health import HealthChecker, HTTPMonitor, TCPMonitor
+from twisted_rp.pool.sticky import SourceIPStickiness
 from twisted_rp.service import build_pools, build_router, build_service
+from twisted_rp.settings import ProxySettings
+from twisted_rp.tcp import TCPProxyFactory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -239,3 +251,154 @@ class BuildServiceTests(SynchronousTestCase):
         config = config_from(TWO_LISTENERS, access="combined", access_file=missing)
         error = self.assertRaises(ConfigError, build_service, config, MemoryReactorClock())
         self.assertTrue(str(error).startswith("test.toml: log.access_file: cannot open"))
+
+
+POOLS = """
+[[listener]]
+name = "web"
+protocol = "http"
+endpoint = "tcp:8080:interface=127.0.0.1"
+
+[[listener]]
+name = "db"
+protocol = "tcp"
+endpoint = "tcp:5432:interface=127.0.0.1"
+pool = "web"
+send_proxy = "v1"
+accept_proxy = true
+trusted_proxies = ["10.0.0.0/8"]
+idle_timeout = 60
+
+[[route]]
+pool = "web"
+
+[pool.web]
+balance = "least_connections"
+retries = 1
+slow_start = 10
+queue_size = 5
+queue_timeout = 3
+
+[[pool.web.backends]]
+address = "10.0.0.1:8000"
+name = "web-1"
+max_connections = 7
+ports = { tcp = 5432 }
+
+[pool.web.health]
+kind = "http"
+path = "/health"
+expect_status = [200, 204]
+interval = 3
+fall = 4
+
+[pool.web.passive]
+consecutive_failures = 2
+
+[pool.web.sticky]
+kind = "source_ip"
+expiry = 60
+
+[pool.dyn]
+balance = "hash"
+hash_key = "header:X-User"
+
+[pool.dyn.dns]
+name = "dyn.internal"
+port = 8080
+
+[pool.dyn.health]
+kind = "tcp"
+"""
+
+
+@implementer(IResolver)
+class NoAnswers(ResolverBase):
+    """A resolver that never answers; enough for services that are built but not started."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> Deferred[object]:
+        return Deferred()
+
+
+class PoolServiceTests(SynchronousTestCase):
+    """
+    L{build_service} gives pools their settings, health checkers and DNS membership, and
+    serves TCP listeners from the same pool objects as HTTP ones.
+    """
+
+    def build(self) -> tuple[MultiService, MemoryReactorClock, IResolver]:
+        reactor = MemoryReactorClock()
+        resolver = NoAnswers()
+        return build_service(config_from(POOLS), reactor, resolver), reactor, resolver
+
+    def test_pool_settings(self) -> None:
+        pools = build_pools(config_from(POOLS), MemoryReactorClock())
+        web = pools["web"]
+        self.assertIsInstance(web.balancer, LeastConnections)
+        self.assertIsInstance(pools["dyn"].balancer, HashBalancer)
+        self.assertEqual(
+            (web.retries, web.slow_start, web.queue_size, web.queue_timeout), (1, 10.0, 5, 3.0)
+        )
+        (backend,) = web.backends()
+        self.assertEqual((backend.max_connections, backend.port_for("tcp")), (7, 5432))
+        assert web.passive is not None
+        self.assertEqual(web.passive.consecutive_failures, 2)
+        self.assertIsInstance(web.stickiness, SourceIPStickiness)
+        self.assertIsNone(pools["dyn"].stickiness)
+        self.assertIsNone(pools["dyn"].passive)
+        self.assertEqual(pools["dyn"].backends(), ())
+
+    def test_health_checkers(self) -> None:
+        service, _, _ = self.build()
+        web = service.getServiceNamed("health:web")
+        dyn = service.getServiceNamed("health:dyn")
+        assert isinstance(web, HealthChecker) and isinstance(dyn, HealthChecker)
+        self.assertIsInstance(web._monitor, HTTPMonitor)
+        self.assertIsInstance(dyn._monitor, TCPMonitor)
+        self.assertEqual((web._interval, web._fall), (3.0, 4))
+
+    def test_health_checks_run(self) -> None:
+        """
+        Started, the health checker probes the pool's backends on the reactor.
+        """
+        service, reactor, _ = self.build()
+        service.startService()
+        self.addCleanup(service.stopService)
+        # The memory reactor resolves every name to 127.0.0.1; the port is the backend's.
+        self.assertEqual([port for _, port, *_ in reactor.tcpClients], [8000])
+
+    def test_dns_membership(self) -> None:
+        service, _, resolver = self.build()
+        membership = service.getServiceNamed("dns:dyn")
+        assert isinstance(membership, DNSMembership)
+        self.assertIs(membership.resolver, resolver)
+        self.assertEqual(
+            (membership.query_name, membership.port, membership.kind), ("dyn.internal", 8080, "A")
+        )
+        self.assertRaises(KeyError, service.getServiceNamed, "dns:web")
+
+    def test_tcp_listener(self) -> None:
+        service, _, _ = self.build()
+        listening = service.getServiceNamed("db")
+        assert isinstance(listening, StreamServerEndpointService)
+        factory = listening.factory
+        assert isinstance(factory, TCPProxyFactory)
+        self.assertEqual(
+            (factory.send_proxy, factory.accept_proxy, factory.idle_timeout), ("v1", True, 60.0)
+        )
+        self.assertEqual(factory.connect_timeout, ProxySettings().timeouts.backend_connect)
+        self.assertTrue(factory.trusts(IPv4Address("TCP", "10.1.2.3", 1)))
+
+    def test_pools_shared(self) -> None:
+        """
+        The TCP listener, the HTTP routes and the health checker use one pool object.
+        """
+        service, _, _ = self.build()
+        tcp = service.getServiceNamed("db")
+        assert isinstance(tcp, StreamServerEndpointService)
+        assert isinstance(tcp.factory, TCPProxyFactory)
+        http = factory_of(service.getServiceNamed("web"))
+        checker = service.getServiceNamed("health:web")
+        assert isinstance(checker, HealthChecker)
+        self.assertIs(tcp.factory.pool, http.router.routes[0].pool)
+        self.assertIs(checker._pool, tcp.factory.pool)

@@ -176,9 +176,13 @@ class OptionsTests(ConfigFileMixin, SynchronousTestCase):
         self.assertIn("'tcp:notaport'", message)
 
     def test_bad_balance(self) -> None:
-        message = self.assertUsageError("--balance", "random", "--backend", "10.0.0.1:80")
+        message = self.assertUsageError("--balance", "fastest", "--backend", "10.0.0.1:80")
         self.assertIn("--balance", message)
         self.assertIn("round_robin", message)
+
+    def test_every_balancer_in_quick_mode(self) -> None:
+        for name in ("round_robin", "least_connections", "random", "least_time"):
+            self.assertEqual(parse("--balance", name, "--backend", "10.0.0.1:80")["balance"], name)
 
 
 class CheckConfigTests(ConfigFileMixin, SynchronousTestCase):

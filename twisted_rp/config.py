@@ -3,24 +3,27 @@ The configuration file: TOML parsed into immutable, fully validated objects.
 
 Every problem is reported as a L{ConfigError} naming the file and the key path, so a user can
 fix the file without reading a traceback.  The file format is described in
-C{docs/configuration.rst}.
+C{docs/configuration.rst}.  The C{[pool.NAME]} tables are read by L{twisted_rp.config_pools},
+which builds on the readers here.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import ipaddress
 import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from attrs import frozen
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from twisted_rp.pool.balancers import BALANCERS
 from twisted_rp.settings import (
     HeaderPolicy,
     Limits,
@@ -29,17 +32,27 @@ from twisted_rp.settings import (
     ProxySettings,
     Timeouts,
 )
+from twisted_rp.tcp.relay import TCPProxyFactory
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-PROTOCOLS = frozenset({"http"})
-BALANCERS = frozenset({"round_robin"})
+if TYPE_CHECKING:
+    # config_pools builds on this module's readers, so this module imports it only when used.
+    from twisted_rp.config_pools import BackendConfig, PoolConfig
+
+PROTOCOLS = frozenset({"http", "tcp"})
+SEND_PROXY = frozenset({"v1", "v2"})
 ACCESS_FORMATS = frozenset({"off", "combined", "json"})
 MAX_WEIGHT = 1000
 COMMAND_LINE = "<command line>"
+_TCP_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(TCPProxyFactory).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
 
 T = TypeVar("T")
 Check = Callable[[object], Any]
@@ -75,49 +88,25 @@ class ConfigError(Exception):
 @frozen
 class ListenerConfig:
     """
-    Where the proxy accepts connections.
+    Where the proxy accepts connections.  The keys after C{endpoint} are for C{tcp} listeners
+    only (see L{twisted_rp.tcp.TCPProxyFactory}).
 
+    @ivar protocol: one of L{PROTOCOLS}.
     @ivar endpoint: a Twisted server endpoint string such as C{tcp:8080:interface=127.0.0.1}.
+    @ivar pool: the pool a C{tcp} listener relays every connection to.
+    @ivar send_proxy: C{"v1"} or C{"v2"} to send backends a PROXY header; L{None} for none.
+    @ivar accept_proxy: clients send a PROXY header first; only C{trusted_proxies} may connect.
+    @ivar idle_timeout: seconds without traffic before a session is closed; 0 for no limit.
     """
 
     name: str
     protocol: str
     endpoint: str
-
-
-@frozen
-class BackendConfig:
-    """
-    One server of a pool.
-
-    @ivar host: a host name or IP address, without brackets for IPv6.
-    @ivar weight: share of the traffic relative to the pool's other backends; 0 sends none.
-    @ivar backup: only used when no non-backup backend is available.
-    """
-
-    name: str
-    host: str
-    port: int
-    weight: int = 1
-    backup: bool = False
-
-    @property
-    def address(self) -> str:
-        """C{host:port}, with brackets around an IPv6 host."""
-        return _format_address(self.host, self.port)
-
-
-@frozen
-class PoolConfig:
-    """
-    A named group of interchangeable backends.
-
-    @ivar balance: one of L{BALANCERS}.
-    """
-
-    name: str
-    backends: tuple[BackendConfig, ...]
-    balance: str = "round_robin"
+    pool: str | None = None
+    send_proxy: str | None = None
+    accept_proxy: bool = False
+    trusted_proxies: tuple[Network, ...] = ()
+    idle_timeout: float = _TCP_DEFAULTS["idle_timeout"]
 
 
 @frozen
@@ -208,6 +197,31 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
+def _number(
+    low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
+) -> Callable[[object], float]:
+    """A finite number from C{low} to C{high}, each bound excluded when C{open_...}."""
+    if math.isinf(high):
+        bounds = f"> {low:g}" if open_low else f">= {low:g}"
+    else:
+        excluded = [
+            f"{bound:g}" for bound, is_open in ((low, open_low), (high, open_high)) if is_open
+        ]
+        bounds = f"from {low:g} to {high:g}"
+        bounds += f" ({' and '.join(excluded)} excluded)" if excluded else ""
+
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise _expected(f"a number {bounds}", value)
+        above = value > low if open_low else value >= low
+        below = value < high if open_high or math.isinf(high) else value <= high
+        if not (above and below):
+            raise _expected(f"a number {bounds}", value)
+        return float(value)
+
+    return check
+
+
 def _integer(minimum: int, maximum: int = sys.maxsize) -> Callable[[object], int]:
     bounds = f"from {minimum} to {maximum}" if maximum < sys.maxsize else f">= {minimum}"
 
@@ -256,6 +270,7 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[object], str]:
 
 _token = _matching(_TOKEN, "an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces)")
 _path_prefix = _matching(_PATH_PREFIX, "a path starting with '/', without spaces or a query")
+_host_name = _matching(_HOST_NAME, "a host name like 'app.example.com'")
 
 
 def _is_ipv6(text: str) -> bool:
@@ -377,6 +392,10 @@ class _Section:
     def has(self, key: str) -> bool:
         return key in self._data
 
+    def names(self) -> list[str]:
+        """The keys present, in file order."""
+        return list(self._data)
+
     def allow(self, *names: str) -> None:
         """Reject any key not in C{names}, suggesting the closest known one."""
         for key in self._data:
@@ -424,38 +443,37 @@ class _Section:
         return [(name, table.table(name)) for name in table._data]
 
 
+_TCP_KEYS = ("pool", "send_proxy", "accept_proxy", "trusted_proxies", "idle_timeout")
+
+
 def _listener(section: _Section) -> ListenerConfig:
-    section.allow("name", "protocol", "endpoint")
-    return ListenerConfig(
-        name=section.required("name", _string),
-        protocol=section.required("protocol", _choice(PROTOCOLS)),
-        endpoint=section.required("endpoint", _endpoint),
-    )
-
-
-def _backend(section: _Section) -> BackendConfig:
-    section.allow("address", "name", "weight", "backup")
-    host, port = section.required("address", _address)
+    protocol = section.required("protocol", _choice(PROTOCOLS))
+    if protocol != "tcp":
+        for key in _TCP_KEYS:
+            if section.has(key):
+                raise section.error(key, f'only used with protocol = "tcp", not {protocol!r}')
+    section.allow("name", "protocol", "endpoint", *_TCP_KEYS)
+    name = section.required("name", _string)
+    endpoint = section.required("endpoint", _endpoint)
+    if protocol != "tcp":
+        return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint)
     options = section.optional(
-        {"name": _string, "weight": _integer(0, MAX_WEIGHT), "backup": _boolean}
+        {
+            "send_proxy": _choice(SEND_PROXY),
+            "accept_proxy": _boolean,
+            "trusted_proxies": _list_of(_network),
+            "idle_timeout": _number(0.0),
+        }
     )
-    options.setdefault("name", _format_address(host, port))
-    return BackendConfig(host=host, port=port, **options)
-
-
-def _pool(name: str, section: _Section) -> PoolConfig:
-    section.allow("balance", "backends")
-    backends: dict[str, BackendConfig] = {}
-    for table in section.tables("backends"):
-        backend = _backend(table)
-        if backend.name in backends:
-            key = "name" if table.has("name") else "address"
-            raise table.error(key, f"duplicate backend name {backend.name!r} in pool {name!r}")
-        backends[backend.name] = backend
-    if not backends:
-        raise section.error("backends", f"at least one [[pool.{name}.backends]] is required")
-    options = section.optional({"balance": _choice(BALANCERS)})
-    return PoolConfig(name=name, backends=tuple(backends.values()), **options)
+    if options.get("accept_proxy"):
+        if not options.get("trusted_proxies"):
+            raise section.error(
+                "trusted_proxies", "accept_proxy needs the addresses of the balancers in front"
+            )
+    elif "trusted_proxies" in options:
+        raise section.error("trusted_proxies", "has no effect without accept_proxy = true")
+    pool = section.required("pool", _string)
+    return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint, pool=pool, **options)
 
 
 def _route(
@@ -529,10 +547,19 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     if not listeners:
         raise top.error("listener", "at least one [[listener]] is required")
 
-    pools = {name: _pool(name, table) for name, table in top.named_tables("pool")}
+    from twisted_rp.config_pools import read_pool
+
+    pools = {name: read_pool(name, table) for name, table in top.named_tables("pool")}
+    for table, listener in zip(top.tables("listener"), listeners.values(), strict=True):
+        if listener.pool is not None and listener.pool not in pools:
+            defined = ", ".join(pools) or "none"
+            raise table.error("pool", f"no pool named {listener.pool!r} (defined: {defined})")
     routes = tuple(_route(table, pools, listeners) for table in top.tables("route"))
-    if not routes:
-        raise top.error("route", "at least one [[route]] is required")
+    http_listeners = [listener for listener in listeners.values() if listener.protocol == "http"]
+    if http_listeners and not routes:
+        raise top.error("route", "at least one [[route]] is required for the http listeners")
+    if routes and not http_listeners:
+        raise top.error("route", 'routes need a [[listener]] with protocol = "http"')
 
     proxy = ProxySettings(
         timeouts=_settings(top.table("timeouts"), Timeouts),
@@ -598,6 +625,8 @@ def quick_config(
     @param backends: C{host:port} or C{http://host:port}, in pool C{"default"}.
     @raise ConfigError: with source C{"<command line>"} and the option as key.
     """
+    from twisted_rp.config_pools import BackendConfig, PoolConfig
+
     if not listen:
         raise ConfigError(COMMAND_LINE, "--listen", "at least one is required")
     if not backends:
@@ -614,7 +643,16 @@ def quick_config(
     pool = PoolConfig(
         name="default",
         backends=tuple(pool_backends.values()),
-        balance=_command_line("--balance", _choice(BALANCERS), balance),
+        balance=_command_line("--balance", _choice(frozenset(BALANCERS)), balance),
     )
     routes = (RouteConfig(pool=pool.name),)
     return Config(listeners, routes, (pool,), ProxySettings(), LogSettings(), COMMAND_LINE)
+
+
+def __getattr__(name: str) -> Any:
+    # The pool classes live in config_pools since it grew; old imports from here still work.
+    if name in ("BackendConfig", "PoolConfig"):
+        from twisted_rp import config_pools
+
+        return getattr(config_pools, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

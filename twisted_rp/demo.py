@@ -4,8 +4,9 @@ without writing a configuration.
 
 The demo backends are ordinary L{twisted.web} sites on 127.0.0.1, named demo-1 to demo-3.
 Each answers C{GET /} with its name, how many requests it served, and the forwarding headers
-the proxy added.  demo-2 can be made to fail (C{POST /toggle}) to show what clients see when a
-backend breaks.
+the proxy added.  demo-2 can be made to fail (C{POST /toggle}): it then answers 503 to
+everything, its health check fails, and within about 4 seconds the pool takes it out of
+rotation; toggled back, it returns after two good checks.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ from twisted_rp.http.accesslog import AccessLog
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.http.routing import Route, Router
 from twisted_rp.interfaces import IBackendPool
-from twisted_rp.pool import Backend, BackendPool
+from twisted_rp.pool import Backend, BackendPool, PassiveHealth
+from twisted_rp.pool.health import HealthChecker, HTTPMonitor
 
 DEMO_HOST = "127.0.0.1"
 DEFAULT_PROXY_ENDPOINT = "tcp:8080:interface=127.0.0.1"
 DEFAULT_BACKEND_PORTS = (8081, 8082, 8083)
+
+#: The demo pool's health check: C{GET /health} every 2 seconds; 2 failures in a row take a
+#: backend out (so within about 4 seconds), 2 successes bring it back.
+HEALTH_PATH = "/health"
+HEALTH_INTERVAL = 2.0
+HEALTH_TIMEOUT = 1.0
+HEALTH_RISE = 2
+HEALTH_FALL = 2
 
 # Shown in the response body so users see what the proxy added on the way.
 _SHOWN_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "Forwarded", "Via", "X-Request-ID")
@@ -231,12 +241,33 @@ class DemoBackendService(ListeningService):
         return gatherResults([stopped, self._connections.close_all()]).addCallback(lambda _: None)
 
 
-def make_demo_pool(backends: Sequence[Backend]) -> IBackendPool:
+def make_demo_pool(backends: Sequence[Backend], clock: Any = None) -> BackendPool:
     """
-    The pool of the demo backends.  Each demo backend answers C{GET /health} with 200 or 503,
-    ready for a health-checked pool to take a failing one out of rotation.
+    The pool of the demo backends, round-robin, with passive health: three 5xx answers in a
+    row eject a backend at once, which shortens the time users see a failing backend's
+    errors when traffic is heavy.  The ejection lasts longer than the active check
+    (L{make_demo_health_checker}) needs to notice, which then keeps the backend out until it
+    recovers.
     """
-    return BackendPool("demo", backends)
+    passive = PassiveHealth(consecutive_failures=3, base_ejection=5.0, max_ejection=10.0)
+    return BackendPool("demo", backends, clock=clock, passive=passive)
+
+
+def make_demo_health_checker(pool: BackendPool, reactor: Any) -> HealthChecker:
+    """
+    The active health check of the demo pool: C{GET /health} answered 2xx or 3xx.
+    """
+    checker = HealthChecker(
+        pool,
+        HTTPMonitor(reactor, path=HEALTH_PATH),
+        reactor,
+        interval=HEALTH_INTERVAL,
+        timeout=HEALTH_TIMEOUT,
+        rise=HEALTH_RISE,
+        fall=HEALTH_FALL,
+    )
+    checker.setName("health")
+    return checker
 
 
 class DemoService(MultiService):
@@ -245,6 +276,7 @@ class DemoService(MultiService):
 
     @ivar apps: the demo backends' state, demo-1 first.
     @ivar pool: the pool the proxy balances over.
+    @ivar health: the service checking the pool's backends.
     """
 
     def __init__(
@@ -266,14 +298,18 @@ class DemoService(MultiService):
         ]
         for service in self.backend_services:
             service.setServiceParent(self)
-        self.pool = make_demo_pool(backends)
+        self.pool = make_demo_pool(backends, reactor)
+        pool: IBackendPool = self.pool
         factory = HTTPProxyFactory(
             reactor,
-            Router([Route(self.pool, name="demo")]),
+            Router([Route(pool, name="demo")]),
             access_log=AccessLog.to_logger("combined"),
         )
         self.proxy = ListeningService("proxy", serverFromString(reactor, proxy_endpoint), factory)
         self.proxy.setServiceParent(self)
+        # Last, so that it starts once the backends listen and stops first.
+        self.health = make_demo_health_checker(self.pool, reactor)
+        self.health.setServiceParent(self)
 
     def addresses(self) -> Deferred[dict[str, IAddress]]:
         """
@@ -295,7 +331,8 @@ def make_demo_service(
 ) -> DemoService:
     """
     The demo: backends demo-1, demo-2, ... on 127.0.0.1 at C{backend_ports} (0 picks free
-    ports) and the proxy, round-robin over them, listening on C{proxy_endpoint}.
+    ports) and the proxy, round-robin over them with health checks, listening on
+    C{proxy_endpoint}.
     """
     return DemoService(reactor, proxy_endpoint, backend_ports)
 
@@ -305,15 +342,23 @@ def demo_instructions(proxy_port: int = 8080, toggle_port: int = DEFAULT_BACKEND
     What to try once the demo runs, as printed by C{twistd reverseproxy --demo}.
     """
     proxy = f"http://{DEMO_HOST}:{proxy_port}"
+    toggle = f"curl -X POST http://{DEMO_HOST}:{toggle_port}/toggle"
     return f"""\
 twisted_rp demo: the proxy on {proxy}/ in front of demo-1, demo-2 and demo-3
-(127.0.0.1:8081-8083), round-robin.  Try, in another terminal:
+(127.0.0.1:8081-8083), round-robin, each checked with GET /health every 2 s.
+Try, in another terminal:
 
-  Round-robin: three requests, three backends
+  Balancing: three requests, three backends
     for i in 1 2 3; do curl -s {proxy}/; done
 
-  Break demo-2 (run again to heal it): it answers 503, and so does every third request
-    curl -X POST http://{DEMO_HOST}:{toggle_port}/toggle
+  Failover: break demo-2 (it answers 503 to everything), then keep asking
+    {toggle}
+    while sleep 0.5; do curl -s {proxy}/ | head -1; done
+  For up to ~4 s every third answer is demo-2's 503; then its health check
+  fails twice, the pool takes it out and only demo-1 and demo-3 answer.
+  The log says why: "pool demo: backend demo-2 (...): 2 failed checks: HTTP
+  status 503".  Run the toggle again: after two good checks (~4 s) demo-2 is
+  back in rotation.
 
   Headers: what the proxy sends the backend (Host, X-Forwarded-For, ...) and returns to you
     curl -si -H 'Host: www.example.test' {proxy}/
