@@ -1,0 +1,791 @@
+"""
+TLS context building in one place: server contexts (SNI, client certificates, reloading) and
+client contexts (verification of backends).
+
+Server side: L{ServerTLS} provides L{IOpenSSLServerConnectionCreator}; wrap a factory with
+C{TLSMemoryBIOFactory(ServerTLS([...]), False, factory)}.  Client side: L{client_tls} returns an
+L{IOpenSSLClientConnectionCreator} for C{TLSMemoryBIOFactory(creator, True, factory)} or
+C{wrapClientTLS}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import (
+    dsa,
+    ec,
+    ed448,
+    ed25519,
+    rsa,
+)
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.application.service import Service
+from twisted.internet import ssl as twisted_ssl
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IReactorFromThreads,
+    IReactorTime,
+)
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+
+#: The TLS 1.2 cipher suites of Mozilla's "intermediate" profile (version 5.7).  TLS 1.3 suites are
+#: OpenSSL's defaults, which are the ones the profile lists.  The DHE suites are only ever chosen
+#: when the server has finite-field DH parameters, which L{ServerTLS} does not set: ECDHE is used.
+MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+#: The curves (key exchange groups) of Mozilla's "intermediate" profile.
+MOZILLA_INTERMEDIATE_CURVES = ("X25519", "prime256v1", "secp384r1")
+
+#: A L{twisted.logger} format string for the start-up warning when backend verification is off;
+#: log it with a C{server_name} field.
+INSECURE_WARNING = (
+    "TLS certificate verification for backend {server_name} is turned off "
+    "(verify = false): the connection is encrypted but anyone on the path can intercept it"
+)
+
+#: How often (seconds) L{ServerTLS} rebuilds its contexts, which gives session tickets a fresh key.
+TICKET_ROTATION = 12 * 60 * 60.0
+
+_TLS_VERSIONS = {
+    "TLSv1": SSL.TLS1_VERSION,
+    "TLSv1.1": SSL.TLS1_1_VERSION,
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+
+_CLIENT_CERT_MODES = ("none", "optional", "required")
+
+_CLIENT_EXPIRY_WARNING_DAYS = 14
+
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL
+)
+
+# The session id context ties cached sessions to this application; OpenSSL refuses to resume
+# sessions without one when client certificates are requested.
+_SESSION_ID_CONTEXT = b"twisted_rp"
+
+
+class TLSConfigError(Exception):
+    """
+    A TLS file or setting is unusable; the message names the file and what is wrong with it.
+    """
+
+
+@frozen
+class CertificateFiles:
+    """
+    Where one certificate and its key are.
+
+    @ivar cert: PEM file with the certificate first, optionally followed by its chain.
+    @ivar key: PEM file with the (unencrypted) private key; may be the same file as C{cert}.
+    @ivar chain: optional PEM file with intermediate certificates.
+    """
+
+    cert: str
+    key: str
+    chain: str | None = None
+
+
+@frozen
+class ClientCertInfo:
+    """
+    What a TLS client proved about itself with a certificate.
+
+    @ivar verify: C{"SUCCESS"} (a certificate was sent and verified) or C{"NONE"} (none sent).
+        A certificate that fails verification never gets this far: the handshake fails.
+    @ivar subject_dn: the subject distinguished name in RFC 4514 form (C{CN=a,O=b}).
+    @ivar fingerprint_sha256: lowercase hex SHA-256 of the DER certificate.
+    @ivar der: the DER certificate.
+    @ivar chain_der: the other certificates the client sent (not including its own), as DER.
+    """
+
+    verify: str
+    subject_dn: str | None = None
+    fingerprint_sha256: str | None = None
+    der: bytes | None = None
+    chain_der: tuple[bytes, ...] = ()
+
+
+NO_CLIENT_CERT = ClientCertInfo(verify="NONE")
+
+
+@frozen
+class _LoadedCertificate:
+    """
+    A certificate, its chain and key, read and checked.
+    """
+
+    files: CertificateFiles
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
+    dns_names: tuple[str, ...]
+    common_name: str | None
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise TLSConfigError(f"{path}: {what} file not found") from None
+    except OSError as e:
+        raise TLSConfigError(f"{path}: cannot read {what} file: {e.strerror}") from None
+
+
+def _read_certificates(path: str, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError(f"{path}: unreadable PEM: no valid {what} certificate") from None
+    return certificates
+
+
+def _read_key(path: str) -> PrivateKey:
+    data = _read(path, "key")
+    match = _PEM_KEY.search(data)
+    if match is None:
+        raise TLSConfigError(f"{path}: unreadable PEM: no private key found")
+    try:
+        key = serialization.load_pem_private_key(match.group(0), password=None)
+    except TypeError:
+        raise TLSConfigError(
+            f"{path}: the private key is encrypted; give an unencrypted key"
+        ) from None
+    except ValueError as e:
+        raise TLSConfigError(f"{path}: unreadable PEM private key: {e}") from None
+    if not isinstance(key, PrivateKey):
+        raise TLSConfigError(f"{path}: unsupported private key type {type(key).__name__}")
+    return key
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _names(certificate: x509.Certificate) -> tuple[tuple[str, ...], str | None]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns_names = tuple(
+            name.lower().rstrip(".") for name in san.value.get_values_for_type(x509.DNSName)
+        )
+    except x509.ExtensionNotFound:
+        dns_names = ()
+    common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = None
+    if common_names:
+        value = common_names[0].value
+        common_name = (value if isinstance(value, str) else value.decode()).lower().rstrip(".")
+    return dns_names, common_name
+
+
+def _check_validity(
+    certificate: x509.Certificate, path: str, now: float, warning_days: int, log: Logger
+) -> None:
+    not_after = certificate.not_valid_after_utc.timestamp()
+    if not_after < now:
+        raise TLSConfigError(
+            f"{path}: certificate expired on {certificate.not_valid_after_utc.isoformat()}"
+        )
+    if certificate.not_valid_before_utc.timestamp() > now:
+        log.warn(
+            "{path}: certificate is not valid before {not_before}",
+            path=path,
+            not_before=certificate.not_valid_before_utc.isoformat(),
+        )
+    if not_after - now < warning_days * 86400:
+        log.warn(
+            "{path}: certificate expires in {days} days, on {not_after}",
+            path=path,
+            days=int((not_after - now) // 86400),
+            not_after=certificate.not_valid_after_utc.isoformat(),
+        )
+
+
+def _load_certificate(
+    files: CertificateFiles, now: float, warning_days: int, log: Logger
+) -> _LoadedCertificate:
+    certificates = _read_certificates(files.cert, "certificate")
+    leaf, chain = certificates[0], list(certificates[1:])
+    if files.chain is not None:
+        chain.extend(_read_certificates(files.chain, "chain"))
+    key = _read_key(files.key)
+    if _spki(key.public_key()) != _spki(leaf.public_key()):
+        raise TLSConfigError(f"{files.key}: private key does not match certificate {files.cert}")
+    _check_validity(leaf, files.cert, now, warning_days, log)
+    dns_names, common_name = _names(leaf)
+    return _LoadedCertificate(
+        files=files,
+        leaf=leaf,
+        chain=tuple(chain),
+        key=key,
+        dns_names=dns_names,
+        common_name=common_name,
+    )
+
+
+def _load_ca_files(paths: Sequence[str]) -> list[x509.Certificate]:
+    authorities: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            authorities.extend(_read_certificates(path, "CA"))
+        except TLSConfigError as e:
+            raise TLSConfigError(f"bad CA file {e}") from None
+    return authorities
+
+
+def _hostname_matches(pattern: str, name: str) -> bool:
+    """
+    RFC 6125 matching of one presented DNS name: a wildcard only as the whole leftmost label,
+    standing for exactly one label.
+    """
+    if pattern == name:
+        return True
+    if not pattern.startswith("*."):
+        return False
+    _, _, rest = name.partition(".")
+    return bool(rest) and rest == pattern[2:] and name.count(".") >= 2
+
+
+def select_certificate(server_name: str, names: Sequence[tuple[Sequence[str], str | None]]) -> int:
+    """
+    Choose which certificate answers a TLS server name (SNI).
+
+    @param server_name: the name the client asked for.
+    @param names: for each certificate, its SAN DNS names and its common name.
+    @return: the index of the chosen certificate: an exact SAN match first, then a wildcard SAN
+        match, then a common name match (only for certificates without SAN DNS names, as clients
+        ignore the CN otherwise), else 0, the default certificate.
+    """
+    name = server_name.lower().rstrip(".")
+    for index, (dns_names, _) in enumerate(names):
+        if name in dns_names:
+            return index
+    for index, (dns_names, _) in enumerate(names):
+        if any(_hostname_matches(pattern, name) for pattern in dns_names):
+            return index
+    for index, (dns_names, common_name) in enumerate(names):
+        if not dns_names and common_name is not None and _hostname_matches(common_name, name):
+            return index
+    return 0
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    Server-side TLS for one listener: one or more certificates chosen by SNI, secure protocol
+    settings, optional client certificates, reloading without dropping connections.
+
+    All files are read and checked when it is made and on L{reload}; the OpenSSL contexts are
+    built then too, and rebuilt every C{ticket_rotation} seconds (when the next connection
+    arrives) so that session tickets get a fresh key.  A connection keeps the context it started
+    with, so reloading never affects open connections.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        certificates: Sequence[CertificateFiles],
+        *,
+        min_version: str = "TLSv1.2",
+        max_version: str | None = None,
+        ciphers: str = MOZILLA_INTERMEDIATE_CIPHERS,
+        curves: Sequence[str] = MOZILLA_INTERMEDIATE_CURVES,
+        client_certs: str = "none",
+        client_ca_files: Sequence[str] = (),
+        alpn: Sequence[bytes] = (b"http/1.1",),
+        clock: IReactorTime | None = None,
+        expiry_warning_days: int = 14,
+        ticket_rotation: float = TICKET_ROTATION,
+        prefer_server_ciphers: bool = True,
+    ) -> None:
+        """
+        @param certificates: the first is the default, for clients without SNI or with a name
+            none of them matches.
+        @param min_version: lowest TLS version, C{"TLSv1.2"} or C{"TLSv1.3"} (older ones are
+            accepted as names but OpenSSL 3 refuses them at its default security level).
+        @param max_version: highest TLS version, or L{None} for the newest OpenSSL knows.
+        @param ciphers: OpenSSL cipher string for TLS 1.2.
+        @param curves: key exchange groups, in preference order.
+        @param client_certs: C{"none"}, C{"optional"} or C{"required"}.
+        @param client_ca_files: PEM files of the CAs client certificates must chain to.
+        @param alpn: protocols offered by ALPN, in preference order.
+        @param clock: time source for expiry checks and for L{watch}; defaults to the reactor.
+        @param expiry_warning_days: warn about certificates expiring within this many days.
+        @param ticket_rotation: seconds between rebuilding the contexts (session ticket keys).
+        @param prefer_server_ciphers: choose the cipher by the server's order.
+        @raise TLSConfigError: a file or setting is unusable.
+        """
+        if not certificates:
+            raise TLSConfigError("no certificate configured")
+        if client_certs not in _CLIENT_CERT_MODES:
+            raise TLSConfigError(
+                f"client_certs must be one of {', '.join(_CLIENT_CERT_MODES)}, not {client_certs!r}"
+            )
+        if client_certs != "none" and not client_ca_files:
+            raise TLSConfigError(f"client_certs = {client_certs!r} needs client_ca_files")
+        self._min_version = self._version(min_version, "min_version")
+        self._max_version = (
+            None if max_version is None else self._version(max_version, "max_version")
+        )
+        if self._max_version is not None and self._max_version < self._min_version:
+            raise TLSConfigError(f"max_version {max_version} is below min_version {min_version}")
+        self.certificates = tuple(certificates)
+        self.client_ca_files = tuple(client_ca_files)
+        self.client_certs = client_certs
+        self._ciphers = ciphers
+        self._curves = tuple(curves)
+        self._alpn = tuple(alpn)
+        self._clock = clock
+        self._expiry_warning_days = expiry_warning_days
+        self._ticket_rotation = ticket_rotation
+        self._prefer_server_ciphers = prefer_server_ciphers
+        self._loaded: tuple[_LoadedCertificate, ...] = ()
+        self._authorities: tuple[x509.Certificate, ...] = ()
+        self._contexts: tuple[SSL.Context, ...] = ()
+        self._built_at = 0.0
+        self.reload()
+
+    @staticmethod
+    def _version(name: str, setting: str) -> int:
+        try:
+            return _TLS_VERSIONS[name]
+        except KeyError:
+            raise TLSConfigError(
+                f"{setting} must be one of {', '.join(_TLS_VERSIONS)}, not {name!r}"
+            ) from None
+
+    def _now(self) -> float:
+        return time.time() if self._clock is None else self._clock.seconds()
+
+    def reload(self) -> None:
+        """
+        Re-read every certificate, key, chain and CA file and build new contexts for new
+        connections.
+
+        @raise TLSConfigError: a file is unusable; the contexts in use are kept.
+        """
+        now = self._now()
+        loaded = tuple(
+            _load_certificate(files, now, self._expiry_warning_days, self.log)
+            for files in self.certificates
+        )
+        authorities = tuple(_load_ca_files(self.client_ca_files))
+        contexts = self._build_contexts(loaded, authorities)
+        self._loaded, self._authorities = loaded, authorities
+        self._contexts, self._built_at = contexts, now
+
+    def rotate_ticket_keys(self) -> None:
+        """
+        Rebuild the contexts from the certificates already loaded, which gives session tickets a
+        fresh key; sessions from before can no longer be resumed.
+        """
+        self._contexts = self._build_contexts(self._loaded, self._authorities)
+        self._built_at = self._now()
+
+    def _build_contexts(
+        self, loaded: Sequence[_LoadedCertificate], authorities: Sequence[x509.Certificate]
+    ) -> tuple[SSL.Context, ...]:
+        contexts = tuple(self._build_context(entry, authorities) for entry in loaded)
+        names = [(entry.dns_names, entry.common_name) for entry in loaded]
+
+        def on_server_name(connection: SSL.Connection) -> None:
+            server_name = connection.get_servername()
+            if server_name:
+                index = select_certificate(server_name.decode("ascii", "replace"), names)
+                if index:
+                    connection.set_context(contexts[index])
+
+        # Only the context a connection starts with is asked for the server name; the others
+        # only contribute their certificate (OpenSSL keeps verification settings and options of
+        # the initial context), so all of them are built alike.
+        contexts[0].set_tlsext_servername_callback(on_server_name)
+        return contexts
+
+    def _build_context(
+        self, entry: _LoadedCertificate, authorities: Sequence[x509.Certificate]
+    ) -> SSL.Context:
+        context = SSL.Context(SSL.TLS_METHOD)
+        try:
+            context.set_min_proto_version(self._min_version)
+            if self._max_version is not None:
+                context.set_max_proto_version(self._max_version)
+            options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_ALL
+            if self._prefer_server_ciphers:
+                options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+            context.set_options(options)
+            context.set_cipher_list(self._ciphers.encode("ascii"))
+        except SSL.Error as e:
+            raise TLSConfigError(f"ciphers {self._ciphers!r}: not usable: {e}") from None
+        self._set_curves(context)
+        context.set_session_id(_SESSION_ID_CONTEXT)
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        try:
+            context.use_certificate(entry.leaf)
+            context.use_privatekey(entry.key)
+            for certificate in entry.chain:
+                context.add_extra_chain_cert(certificate)
+            context.check_privatekey()
+        except (SSL.Error, crypto.Error) as e:
+            raise TLSConfigError(
+                f"{entry.files.cert}: OpenSSL refuses the certificate: {e}"
+            ) from None
+        if self.client_certs != "none":
+            mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+            if self.client_certs == "required":
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            # No callback: OpenSSL's own chain verification, whose failure ends the handshake.
+            context.set_verify(mode)
+            store = context.get_cert_store()
+            assert store is not None
+            for authority in authorities:
+                store.add_cert(crypto.X509.from_cryptography(authority))
+                context.add_client_ca(authority)
+        if self._alpn:
+            offered = self._alpn
+
+            def choose(connection: SSL.Connection, protocols: list[bytes]) -> bytes:
+                for protocol in offered:
+                    if protocol in protocols:
+                        return protocol
+                return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+            context.set_alpn_select_callback(choose)
+        return context
+
+    def _set_curves(self, context: SSL.Context) -> None:
+        if not self._curves:
+            return
+        names = ":".join(self._curves).encode("ascii")
+        # pyOpenSSL only sets a single curve; its binding has the list setter, which also takes
+        # X25519.
+        from OpenSSL._util import lib  # type: ignore[attr-defined,unused-ignore]
+
+        set_list = getattr(lib, "SSL_CTX_set1_curves_list", None)
+        if set_list is not None:
+            if not set_list(context._context, names):
+                raise TLSConfigError(f"curves {':'.join(self._curves)!r}: not supported by OpenSSL")
+            return
+        # An older binding: the one curve every client supports.
+        context.set_tmp_ecdh(ec.SECP256R1())
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """
+        A connection for one new client, using the current default context; SNI may switch it.
+        """
+        if self._now() - self._built_at >= self._ticket_rotation:
+            self.rotate_ticket_keys()
+        return SSL.Connection(self._contexts[0], None)
+
+    def watched_files(self) -> tuple[str, ...]:
+        """
+        Every file this configuration reads.
+        """
+        paths: list[str] = []
+        for files in self.certificates:
+            paths.extend(p for p in (files.cert, files.key, files.chain) if p is not None)
+        paths.extend(self.client_ca_files)
+        return tuple(dict.fromkeys(paths))
+
+    def watch(self, interval: float = 5.0) -> Service:
+        """
+        A service that polls the files every C{interval} seconds and reloads when one changed
+        (modification time, size or inode); errors are logged and the old contexts kept.
+        """
+        return _FileWatcher(self, interval, self._clock)
+
+
+def _snapshot(paths: Sequence[str]) -> tuple[tuple[int, int, int] | None, ...]:
+    result: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            result.append(None)
+        else:
+            result.append((status.st_mtime_ns, status.st_size, status.st_ino))
+    return tuple(result)
+
+
+class _FileWatcher(Service):
+    """
+    Reloads a L{ServerTLS} when its files change.
+    """
+
+    log = Logger()
+
+    def __init__(self, server_tls: ServerTLS, interval: float, clock: IReactorTime | None) -> None:
+        self._server_tls = server_tls
+        self._interval = interval
+        self._clock = clock
+        self._loop: LoopingCall | None = None
+        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
+
+    def startService(self) -> None:
+        super().startService()
+        self._seen = _snapshot(self._server_tls.watched_files())
+        self._loop = LoopingCall(self.check)
+        if self._clock is not None:
+            self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        super().stopService()
+
+    def check(self) -> None:
+        """
+        Reload if any file changed since the last look.
+        """
+        current = _snapshot(self._server_tls.watched_files())
+        if current == self._seen:
+            return
+        # Remembered even when the reload fails, so a half-written update is logged once and the
+        # next change (the rest of the update) is tried again.
+        self._seen = current
+        try:
+            self._server_tls.reload()
+        except TLSConfigError as e:
+            self.log.error("TLS reload failed, keeping the certificates in use: {error}", error=e)
+        else:
+            self.log.info("TLS certificates reloaded")
+
+
+def reload_on_sighup(
+    server_tls_list: Sequence[ServerTLS], reactor: IReactorFromThreads
+) -> Callable[[], None]:
+    """
+    Reload every L{ServerTLS} on SIGHUP, then call the handler that was installed before.
+
+    twistd uses SIGHUP to reopen its log file and installs its handler when logging starts,
+    which is after the plugin's C{makeService}: install this from a service's C{startService}
+    (see L{SighupReloadService}) so that twistd's handler is already there and gets chained.
+    The default action (terminate) is not chained.
+
+    @return: a callable that puts the previous handler back.
+    """
+    log = Logger()
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def reload_all() -> None:
+        for server_tls in server_tls_list:
+            try:
+                server_tls.reload()
+            except TLSConfigError as e:
+                log.error("TLS reload failed, keeping the certificates in use: {error}", error=e)
+        log.info("SIGHUP: TLS certificates reloaded")
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(reload_all)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGHUP, handler)
+
+    def uninstall() -> None:
+        if signal.getsignal(signal.SIGHUP) is handler:
+            signal.signal(signal.SIGHUP, previous)
+
+    return uninstall
+
+
+class SighupReloadService(Service):
+    """
+    Installs L{reload_on_sighup} while running.
+    """
+
+    def __init__(self, server_tls_list: Sequence[ServerTLS], reactor: IReactorFromThreads) -> None:
+        self._server_tls_list = tuple(server_tls_list)
+        self._reactor = reactor
+        self._uninstall: Callable[[], None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._uninstall = reload_on_sighup(self._server_tls_list, self._reactor)
+
+    def stopService(self) -> None:
+        if self._uninstall is not None:
+            self._uninstall()
+            self._uninstall = None
+        super().stopService()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientTLS:
+    """
+    Client TLS that sends SNI but accepts any certificate.
+    """
+
+    def __init__(self, server_name: str, context: SSL.Context) -> None:
+        self._server_name = server_name
+        self._context = context
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        if not _is_ip_address(self._server_name):
+            connection.set_tlsext_host_name(self._server_name.encode("idna"))
+        return connection
+
+
+def _is_ip_address(name: str) -> bool:
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+    return isIPAddress(name) or isIPv6Address(name)
+
+
+def _unverified_context(client_certificate: _LoadedCertificate | None) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_ALL)
+    context.set_verify(SSL.VERIFY_NONE)
+    if client_certificate is not None:
+        context.use_certificate(client_certificate.leaf)
+        context.use_privatekey(client_certificate.key)
+        for certificate in client_certificate.chain:
+            context.add_extra_chain_cert(certificate)
+    return context
+
+
+def client_tls(
+    server_name: str,
+    *,
+    verify: bool = True,
+    ca_files: Sequence[str] = (),
+    client_cert: CertificateFiles | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client TLS for connecting to a backend.
+
+    @param server_name: sent as SNI and, with C{verify}, checked against the certificate with
+        service_identity (a DNS name or an IP address).
+    @param verify: check the certificate chain and name; when L{False} the caller should log
+        L{INSECURE_WARNING} at start-up.
+    @param ca_files: PEM files of trusted CAs; empty means the system trust store.
+    @param client_cert: a certificate to present (mutual TLS).
+    @raise TLSConfigError: a file is unusable.
+    """
+    loaded = None
+    if client_cert is not None:
+        loaded = _load_certificate(client_cert, time.time(), _CLIENT_EXPIRY_WARNING_DAYS, Logger())
+    if not verify:
+        return _UnverifiedClientTLS(server_name, _unverified_context(loaded))
+    extra: dict[str, Any] = {}
+    client_certificate = None
+    if loaded is not None:
+        client_certificate = twisted_ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            twisted_ssl.Certificate(crypto.X509.from_cryptography(loaded.leaf)),
+            twisted_ssl.KeyPair(crypto.PKey.from_cryptography_key(loaded.key)),
+        )
+        if loaded.chain:
+            extra["extraCertChain"] = [
+                twisted_ssl.Certificate(crypto.X509.from_cryptography(c)) for c in loaded.chain
+            ]
+    trust_root: Any
+    if ca_files:
+        trust_root = twisted_ssl.trustRootFromCertificates(
+            [
+                twisted_ssl.Certificate(crypto.X509.from_cryptography(c))
+                for c in _load_ca_files(ca_files)
+            ]
+        )
+    else:
+        trust_root = twisted_ssl.platformTrust()
+    return twisted_ssl.optionsForClientTLS(
+        server_name,
+        trustRoot=trust_root,
+        clientCertificate=client_certificate,
+        extraCertificateOptions=extra or None,
+    )
+
+
+def _tls_connection(transport: object) -> SSL.Connection | None:
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return None
+    handle = get_handle()
+    return handle if isinstance(handle, SSL.Connection) else None
+
+
+def client_cert_info(transport: object) -> ClientCertInfo:
+    """
+    What the client's certificate says, from a TLS transport after the handshake.
+
+    @param transport: the C{TLSMemoryBIOProtocol} a protocol was given as its transport.
+    @return: verify C{"NONE"} when no certificate was sent (or the transport is not TLS).
+    """
+    connection = _tls_connection(transport)
+    if connection is None:
+        return NO_CLIENT_CERT
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    if peer is None:
+        return NO_CLIENT_CERT
+    der = peer.public_bytes(serialization.Encoding.DER)
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    chain_der = tuple(
+        d for d in (c.public_bytes(serialization.Encoding.DER) for c in chain) if d != der
+    )
+    return ClientCertInfo(
+        verify="SUCCESS",
+        subject_dn=peer.subject.rfc4514_string(),
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        der=der,
+        chain_der=chain_der,
+    )
+
+
+def negotiated(transport: object) -> tuple[str | None, str | None]:
+    """
+    The TLS version (C{"TLSv1.3"}) and cipher name of a TLS transport after the handshake.
+
+    @return: C{(None, None)} for a transport that is not TLS or before the handshake.
+    """
+    connection = _tls_connection(transport)
+    if connection is None:
+        return None, None
+    cipher = connection.get_cipher_name()
+    if cipher is None:
+        return None, None
+    return connection.get_protocol_version_name(), cipher
