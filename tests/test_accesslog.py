@@ -133,7 +133,7 @@ class JSONFormatTests(SynchronousTestCase):
                 '"referer":"https://example.test/","user_agent":"curl/8.5.0",'
                 '"host":"www.example.test","request_id":"5f0c2a","backend":"web-1",'
                 '"pool":"web","started":971185536.25,"duration":0.01234,'
-                '"backend_time":0.0101,"user":"alice"}'
+                '"backend_time":0.0101,"user":"alice","tls_version":null,"tls_cipher":null}'
             ],
         )
 

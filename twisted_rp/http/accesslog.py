@@ -78,13 +78,16 @@ def format_combined(record: AccessRecord) -> str:
     else:
         request_line = "-"
     backend_time = "-" if record.backend_time is None else f"{record.backend_time:.3f}"
-    return (
+    line = (
         f"{_field(record.client_ip)} - {_field(record.user)} [{_clf_time(record.started)}] "
         f'"{request_line}" {record.status} {record.bytes_sent} '
         f'"{_escape(record.referer) or "-"}" "{_escape(record.user_agent) or "-"}" '
         f"rid={_field(record.request_id)} backend={_field(record.backend)} "
         f"pool={_field(record.pool)} rt={record.duration:.3f} bt={backend_time}"
     )
+    if record.tls_version is not None:
+        line += f" tls={_field(record.tls_version)}/{_field(record.tls_cipher)}"
+    return line
 
 
 def format_json(record: AccessRecord) -> str:

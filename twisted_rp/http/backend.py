@@ -4,13 +4,14 @@ Persistent HTTP/1.1 connections to backends, and the per-backend pool of idle on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from twisted_rp.http.body import ChunkedDecoder, LengthDecoder
@@ -278,10 +279,15 @@ class BackendConnections:
         connection = BackendConnection(self, backend)
         d: Deferred[BackendConnection] = Deferred()
         connection.connected_deferred = d
+        factory: Any = _ConnectingFactory(connection)
+        if backend.tls is not None:
+            # Writes wait for the handshake; a failed verification closes the connection with
+            # the reason, before any byte of the request was sent.
+            factory = TLSMemoryBIOFactory(cast(Any, backend.tls), True, factory)
         self.reactor.connectTCP(
             backend.host,
-            backend.port_for("http"),
-            _ConnectingFactory(connection),
+            backend.port_for("https" if backend.tls is not None else "http"),
+            factory,
             timeout=self.timeouts.backend_connect,
         )
         return d

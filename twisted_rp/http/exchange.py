@@ -239,6 +239,9 @@ class Exchange:
             self.info.lowered,
             front.forwarding_cache,
         )
+        if front.factory.client_cert_headers:
+            for name, value in front.client_cert_fields():
+                headers.add(name, value)
         if self.upgrade is not None:
             headers.add(b"Connection", b"upgrade")
         framing = self.framing
@@ -518,6 +521,13 @@ class Exchange:
     def _response_hooks(self, head: ResponseHead) -> None:
         """Stickiness, connection-bound authentication, then the route's rewriters."""
         pool = self.route.pool
+        hsts = self.front.factory.hsts
+        if (
+            hsts is not None
+            and head.headers.raw is None
+            and b"strict-transport-security" not in head.headers
+        ):
+            head.headers.add(b"Strict-Transport-Security", hsts)
         lease = self.lease
         sticky = getattr(pool, "stickiness", None)
         if lease is not None and self.context is not None and sticky is not None:
@@ -543,6 +553,10 @@ class Exchange:
             raw = raw + b"\r\nConnection: close" if raw else b"Connection: close"
         elif self.client_version != b"HTTP/1.1":
             raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
+        hsts = front.factory.hsts
+        if hsts is not None and b"strict-transport-security:" not in raw.lower():
+            field = b"Strict-Transport-Security: " + hsts
+            raw = raw + b"\r\n" + field if raw else field
         head.headers.replace_raw(raw)
         route = self.route
         if (
@@ -707,6 +721,7 @@ class Exchange:
         headers = self.head.headers
         request = self.request
         backend: Any = request.backend
+        tls = self.front.tls_parameters()
         access_log.log(
             AccessRecord(
                 client_ip=request.client_ip,
@@ -725,5 +740,7 @@ class Exchange:
                 duration=self.front.clock.seconds() - self.started,
                 backend_time=self.backend_time,
                 user=request.identity,
+                tls_version=tls[0],
+                tls_cipher=tls[1],
             )
         )

@@ -28,6 +28,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: What an HTTPS listener tells backends of a client certificate (RFC 9440, and the
+#: X-SSL-* names nginx and HAProxy setups use).  Removed from every incoming request, on
+#: every listener, so that they cannot be forged.
+CLIENT_CERT_FIELDS = frozenset(
+    {
+        b"client-cert",
+        b"client-cert-chain",
+        b"x-ssl-client-verify",
+        b"x-ssl-client-s-dn",
+        b"x-ssl-client-fingerprint",
+    }
+)
+
 #: Fields a peer may not remove by naming them in C{Connection}.
 _PROTECTED = frozenset({b"host", b"content-length"})
 
@@ -83,7 +96,7 @@ class RequestForwarding:
     @classmethod
     def from_policy(cls, policy: HeaderPolicy) -> RequestForwarding:
         # Hop-by-hop fields, and the framing and expectation fields the proxy re-creates.
-        drop = HOP_BY_HOP | {b"content-length", b"expect"}
+        drop = HOP_BY_HOP | CLIENT_CERT_FIELDS | {b"content-length", b"expect"}
         special: dict[bytes, int] = {}
         if policy.x_forwarded:
             special[b"x-forwarded-for"] = _MERGE_XFF

@@ -257,3 +257,5 @@ class AccessRecord:
     duration: float
     backend_time: float | None
     user: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None

@@ -5,6 +5,7 @@ connection, and the factory a listener serves.
 
 from __future__ import annotations
 
+import base64
 from http import HTTPStatus
 from typing import Any
 
@@ -70,6 +71,8 @@ class HTTPProxyProtocol(Protocol):
         self.client_full = False
         self.closing = False
         self.bound: BackendConnection | None = None
+        self._client_cert_fields: list[tuple[bytes, bytes]] | None = None
+        self._tls: tuple[str | None, str | None] | None = None
         self.wants_keepalive = True
         self.exchange: Exchange | None = None
         self._state = _HEAD
@@ -369,6 +372,41 @@ class HTTPProxyProtocol(Protocol):
         elif exchange is not None:
             exchange.timed_out()
 
+    def client_cert_fields(self) -> list[tuple[bytes, bytes]]:
+        """The client-certificate fields for backends, worked out once per connection."""
+        fields = self._client_cert_fields
+        if fields is None:
+            from twisted_rp.tls import client_cert_info
+
+            info = client_cert_info(self.transport)
+            fields = [(b"X-SSL-Client-Verify", info.verify.encode("ascii"))]
+            if info.der is not None:
+                # RFC 9440: Structured Field byte sequences, ":base64:".
+                fields.append((b"Client-Cert", b":" + base64.b64encode(info.der) + b":"))
+                if info.chain_der:
+                    chain = b", ".join(b":" + base64.b64encode(d) + b":" for d in info.chain_der)
+                    fields.append((b"Client-Cert-Chain", chain))
+            if info.subject_dn is not None:
+                fields.append((b"X-SSL-Client-S-DN", info.subject_dn.encode("utf-8")))
+            if info.fingerprint_sha256 is not None:
+                fields.append(
+                    (b"X-SSL-Client-Fingerprint", info.fingerprint_sha256.encode("ascii"))
+                )
+            self._client_cert_fields = fields
+        return fields
+
+    def tls_parameters(self) -> tuple[str | None, str | None]:
+        """The connection's TLS version and cipher, or C{(None, None)} for plain TCP."""
+        tls = self._tls
+        if tls is None:
+            tls = (None, None)
+            if self.factory.scheme == "https":
+                from twisted_rp.tls import negotiated
+
+                tls = negotiated(self.transport)
+            self._tls = tls
+        return tls
+
     def bind(self, connection: BackendConnection) -> None:
         """
         Keep C{connection} for this client connection's later requests (NTLM and Negotiate
@@ -423,6 +461,10 @@ class HTTPProxyFactory(Factory):
     @param scheme: C{"http"} or C{"https"}, as the client sees it.
     @param connections: backend connections, shared with other factories if given.
     @param send_now: use the immediate write path (L{twisted_rp.sendnow}) where possible.
+    @param client_cert_headers: tell backends about the client's TLS certificate (RFC 9440
+        C{Client-Cert} and C{Client-Cert-Chain}, C{X-SSL-Client-Verify}, C{-S-DN},
+        C{-Fingerprint}); for HTTPS listeners that ask for client certificates.
+    @param hsts: the C{Strict-Transport-Security} value added to responses that have none.
     """
 
     protocol = HTTPProxyProtocol
@@ -436,6 +478,8 @@ class HTTPProxyFactory(Factory):
         access_log: IAccessLog | None = None,
         connections: BackendConnections | None = None,
         send_now: bool = True,
+        client_cert_headers: bool = False,
+        hsts: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -445,6 +489,8 @@ class HTTPProxyFactory(Factory):
         self.access_log = access_log
         self.send_now = send_now
         self.forwarding = RequestForwarding.from_policy(settings.headers)
+        self.client_cert_headers = client_cert_headers
+        self.hsts = hsts.encode("latin-1") if hsts else None
         self.connections = connections or BackendConnections(
             reactor, reactor, settings.timeouts, settings.limits, send_now
         )

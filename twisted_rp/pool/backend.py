@@ -38,6 +38,9 @@ class Backend:
     @ivar ejected_until: passive health: no new traffic before this time (reactor seconds).
     @ivar effective_weight: the weight balancers use: C{weight}, ramped up after a recovery
         while slow start lasts.
+    @ivar tls: for a backend reached over TLS, the client connection creator
+        (C{IOpenSSLClientConnectionCreator}, see L{twisted_rp.tls.client_tls}); L{None} for
+        plain TCP.  Opaque to the pool.
     """
 
     name: str
@@ -47,6 +50,7 @@ class Backend:
     backup: bool = False
     max_connections: int = 0
     ports: dict[str, int] = field(factory=dict)
+    tls: object | None = None
     active: int = field(default=0, init=False)
     admin_state: str = field(default="enabled", init=False)
     healthy: bool = field(default=True, init=False)
