@@ -33,6 +33,7 @@ from twisted_rp.settings import (
     Timeouts,
 )
 from twisted_rp.tcp.relay import TCPProxyFactory
+from twisted_rp.tls import CertificateFiles, ServerTLS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,9 @@ if TYPE_CHECKING:
     # config_pools builds on this module's readers, so this module imports it only when used.
     from twisted_rp.config_pools import BackendConfig, PoolConfig
 
-PROTOCOLS = frozenset({"http", "tcp"})
+PROTOCOLS = frozenset({"http", "https", "tcp"})
+TLS_VERSIONS = frozenset({"TLSv1.2", "TLSv1.3"})
+CLIENT_CERT_MODES = frozenset({"none", "optional", "required"})
 SEND_PROXY = frozenset({"v1", "v2"})
 ACCESS_FORMATS = frozenset({"off", "combined", "json"})
 MAX_WEIGHT = 1000
@@ -51,6 +54,11 @@ COMMAND_LINE = "<command line>"
 _TCP_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(TCPProxyFactory).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+_SERVER_TLS_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(ServerTLS).parameters.items()
     if parameter.default is not inspect.Parameter.empty
 }
 
@@ -61,6 +69,8 @@ _HOST_NAME = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+\Z", re.IGNORECASE)
 _ADDRESS = re.compile(r"\[(?P<ipv6>[^\]]+)\]:(?P<port6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _PATH_PREFIX = re.compile(r"/[^\s?#]*\Z")
+_HSTS = re.compile(r"[\x20-\x7e]*\Z")
+_HSTS_MAX_AGE = re.compile(r"(?:^|;)\s*max-age\s*=\s*\"?\d+\"?\s*(?:;|$)", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -86,6 +96,34 @@ class ConfigError(Exception):
 
 
 @frozen
+class ListenerTLSConfig:
+    """
+    The TLS settings of an C{https} listener (see L{twisted_rp.tls.ServerTLS}).  Only their
+    form is checked when the file is read; the files themselves are read when the service is
+    built (L{twisted_rp.service.check_files}).
+
+    @ivar certificates: the first is the default, for clients without SNI.
+    @ivar min_version: one of L{TLS_VERSIONS}.
+    @ivar max_version: one of L{TLS_VERSIONS}, or L{None} for the newest.
+    @ivar ciphers: an OpenSSL cipher string for TLS 1.2.
+    @ivar client_certs: one of L{CLIENT_CERT_MODES}.
+    @ivar client_ca_files: the CAs client certificates must chain to.
+    @ivar hsts: the C{Strict-Transport-Security} value added to responses; L{None} for none.
+    @ivar reload_interval: seconds between checks of the files for changes; 0 reloads only on
+        SIGHUP.
+    """
+
+    certificates: tuple[CertificateFiles, ...]
+    min_version: str = _SERVER_TLS_DEFAULTS["min_version"]
+    max_version: str | None = _SERVER_TLS_DEFAULTS["max_version"]
+    ciphers: str = _SERVER_TLS_DEFAULTS["ciphers"]
+    client_certs: str = _SERVER_TLS_DEFAULTS["client_certs"]
+    client_ca_files: tuple[str, ...] = ()
+    hsts: str | None = None
+    reload_interval: float = 5.0
+
+
+@frozen
 class ListenerConfig:
     """
     Where the proxy accepts connections.  The keys after C{endpoint} are for C{tcp} listeners
@@ -93,6 +131,9 @@ class ListenerConfig:
 
     @ivar protocol: one of L{PROTOCOLS}.
     @ivar endpoint: a Twisted server endpoint string such as C{tcp:8080:interface=127.0.0.1}.
+    @ivar tls: the TLS settings of an C{https} listener; L{None} for the others.
+    @ivar redirect_to_https: for an C{http} listener that only redirects every request to
+        HTTPS, the port of the HTTPS URLs; L{None} for a listener that proxies.
     @ivar pool: the pool a C{tcp} listener relays every connection to.
     @ivar send_proxy: C{"v1"} or C{"v2"} to send backends a PROXY header; L{None} for none.
     @ivar accept_proxy: clients send a PROXY header first; only C{trusted_proxies} may connect.
@@ -107,6 +148,13 @@ class ListenerConfig:
     accept_proxy: bool = False
     trusted_proxies: tuple[Network, ...] = ()
     idle_timeout: float = _TCP_DEFAULTS["idle_timeout"]
+    tls: ListenerTLSConfig | None = None
+    redirect_to_https: int | None = None
+
+    @property
+    def proxies_http(self) -> bool:
+        """Whether the listener serves HTTP requests through the routes."""
+        return self.protocol in ("http", "https") and self.redirect_to_https is None
 
 
 @frozen
@@ -119,7 +167,7 @@ class RouteConfig:
     @ivar strip_prefix: remove C{path_prefix} from the path sent to the backend.
     @ivar preserve_host: send the client's C{Host}; otherwise the backend's C{host:port}.
     @ivar listeners: names of the listeners the route applies to; empty means every HTTP
-        listener.
+        and HTTPS listener (except those that only redirect to HTTPS).
     """
 
     pool: str
@@ -444,19 +492,97 @@ class _Section:
 
 
 _TCP_KEYS = ("pool", "send_proxy", "accept_proxy", "trusted_proxies", "idle_timeout")
+_TLS_KEYS = (
+    "certificates",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "client_certs",
+    "client_ca_files",
+    "hsts",
+    "reload_interval",
+)
+_KEYS_BY_PROTOCOL = {"tcp": _TCP_KEYS, "https": _TLS_KEYS, "http": ("redirect_to_https",)}
+
+
+def _ciphers(value: object) -> str:
+    text = _string(value)
+    from OpenSSL import SSL
+
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise _expected("an OpenSSL cipher string OpenSSL knows", value) from None
+    return text
+
+
+def _hsts(value: object) -> str:
+    text = _string(value)
+    if not _HSTS.match(text) or not _HSTS_MAX_AGE.search(text):
+        raise _expected("a Strict-Transport-Security value like 'max-age=31536000'", value)
+    return text
+
+
+def _certificate_files(section: _Section) -> CertificateFiles:
+    section.allow("cert", "key", "chain")
+    cert = section.required("cert", _string)
+    key = section.required("key", _string)
+    return CertificateFiles(cert, key, **section.optional({"chain": _string}))
+
+
+def _listener_tls(section: _Section) -> ListenerTLSConfig:
+    if not section.has("certificates"):
+        raise section.error("certificates", 'required with protocol = "https"')
+    certificates = tuple(_certificate_files(table) for table in section.tables("certificates"))
+    if not certificates:
+        raise section.error("certificates", "at least one { cert = ..., key = ... } is required")
+    options = section.optional(
+        {
+            "min_version": _choice(TLS_VERSIONS),
+            "max_version": _choice(TLS_VERSIONS),
+            "ciphers": _ciphers,
+            "client_certs": _choice(CLIENT_CERT_MODES),
+            "client_ca_files": _list_of(_string),
+            "hsts": _hsts,
+            "reload_interval": _number(0.0),
+        }
+    )
+    tls = ListenerTLSConfig(certificates=certificates, **options)
+    # Version names sort in order.
+    if tls.max_version is not None and tls.max_version < tls.min_version:
+        raise section.error(
+            "max_version", f"{tls.max_version} is below min_version {tls.min_version}"
+        )
+    if tls.client_certs != "none" and not tls.client_ca_files:
+        raise section.error(
+            "client_ca_files",
+            f"required with client_certs = {tls.client_certs!r}: the CAs client certificates "
+            "must chain to",
+        )
+    if tls.client_certs == "none" and section.has("client_ca_files"):
+        raise section.error(
+            "client_ca_files", 'has no effect with client_certs = "none" (the default)'
+        )
+    return tls
 
 
 def _listener(section: _Section) -> ListenerConfig:
     protocol = section.required("protocol", _choice(PROTOCOLS))
-    if protocol != "tcp":
-        for key in _TCP_KEYS:
+    for other, keys in _KEYS_BY_PROTOCOL.items():
+        if other == protocol:
+            continue
+        for key in keys:
             if section.has(key):
-                raise section.error(key, f'only used with protocol = "tcp", not {protocol!r}')
-    section.allow("name", "protocol", "endpoint", *_TCP_KEYS)
+                raise section.error(key, f"only used with protocol = \"{other}\", not {protocol!r}")
+    section.allow("name", "protocol", "endpoint", *_KEYS_BY_PROTOCOL[protocol])
     name = section.required("name", _string)
     endpoint = section.required("endpoint", _endpoint)
-    if protocol != "tcp":
-        return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint)
+    if protocol == "http":
+        redirect = section.optional({"redirect_to_https": _integer(1, 65535)})
+        return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint, **redirect)
+    if protocol == "https":
+        tls = _listener_tls(section)
+        return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint, tls=tls)
     options = section.optional(
         {
             "send_proxy": _choice(SEND_PROXY),
@@ -495,9 +621,16 @@ def _route(
     )
     for index, name in enumerate(options.get("listeners", ())):
         listener = listeners.get(name)
-        if listener is None or listener.protocol != "http":
-            problem = "no listener" if listener is None else "not an http listener"
-            raise section.error(f"listeners[{index}]", f"{problem} named {name!r}")
+        if listener is None:
+            raise section.error(f"listeners[{index}]", f"no listener named {name!r}")
+        if listener.protocol == "tcp":
+            raise section.error(f"listeners[{index}]", f"not an http listener named {name!r}")
+        if listener.redirect_to_https is not None:
+            raise section.error(
+                f"listeners[{index}]",
+                f"listener {name!r} only redirects to HTTPS (redirect_to_https): no route "
+                "applies to it",
+            )
     return RouteConfig(pool=pool, **options)
 
 
@@ -555,11 +688,16 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
             defined = ", ".join(pools) or "none"
             raise table.error("pool", f"no pool named {listener.pool!r} (defined: {defined})")
     routes = tuple(_route(table, pools, listeners) for table in top.tables("route"))
-    http_listeners = [listener for listener in listeners.values() if listener.protocol == "http"]
+    http_listeners = [listener for listener in listeners.values() if listener.proxies_http]
     if http_listeners and not routes:
-        raise top.error("route", "at least one [[route]] is required for the http listeners")
+        raise top.error(
+            "route", "at least one [[route]] is required for the http and https listeners"
+        )
     if routes and not http_listeners:
-        raise top.error("route", 'routes need a [[listener]] with protocol = "http"')
+        raise top.error(
+            "route",
+            'routes need a [[listener]] with protocol = "http" (not only redirecting) or "https"',
+        )
 
     proxy = ProxySettings(
         timeouts=_settings(top.table("timeouts"), Timeouts),

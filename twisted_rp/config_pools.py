@@ -45,6 +45,7 @@ from twisted_rp.pool.health import HealthChecker, HTTPMonitor
 from twisted_rp.pool.sticky import STICKINESS
 
 HEALTH_KINDS = ("tcp", "http", "tls", "ftp")
+BACKEND_SCHEMES = ("http", "https")
 SAME_SITE = ("Strict", "Lax", "None")
 MIN_SECRET = 16
 
@@ -78,6 +79,8 @@ class BackendConfig:
     @ivar backup: only used when no non-backup backend is available.
     @ivar max_connections: at most this many requests or sessions at once; 0 for no limit.
     @ivar ports: C{(protocol, port)} pairs for a server several protocols share.
+    @ivar scheme: C{"https"} for a backend reached over TLS (an C{https://} address), with
+        the pool's L{BackendTLSConfig}; else C{"http"}.
     """
 
     name: str
@@ -87,6 +90,7 @@ class BackendConfig:
     backup: bool = False
     max_connections: int = 0
     ports: tuple[tuple[str, int], ...] = ()
+    scheme: str = "http"
 
     @property
     def address(self) -> str:
@@ -173,6 +177,26 @@ class DNSConfig:
 
 
 @frozen
+class BackendTLSConfig:
+    """
+    C{[pool.NAME.tls]}: how the proxy connects to the pool's C{https://} backends, and how its
+    C{tls} health check (and an C{http} one, for C{https} backends) does (see
+    L{twisted_rp.tls.client_tls}).
+
+    @ivar verify: check the backend's certificate and name; L{False} only when set explicitly.
+    @ivar ca_files: the CAs to trust; empty for the system trust store.
+    @ivar server_name: the name sent (SNI) and verified; L{None} for each backend's host.
+    @ivar client_cert: a certificate for mutual TLS, with C{client_key}.
+    """
+
+    verify: bool = True
+    ca_files: tuple[str, ...] = ()
+    server_name: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+@frozen
 class PoolConfig:
     """
     A named group of interchangeable backends.
@@ -194,6 +218,7 @@ class PoolConfig:
     health: HealthConfig | None = None
     passive: PassiveConfig | None = None
     dns: DNSConfig | None = None
+    tls: BackendTLSConfig | None = None
 
 
 # Value checks specific to pools.
@@ -275,9 +300,22 @@ def _ports(section: _Section) -> tuple[tuple[str, int], ...]:
     return tuple(ports)
 
 
+def _backend_address(value: object) -> tuple[str, str, int]:
+    """C{host:port}, C{http://host:port} or C{https://host:port} into scheme, host and port."""
+    text = _string(value)
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return ("http", *_address(text))
+    if scheme.lower() not in BACKEND_SCHEMES:
+        raise _expected("host:port, http://host:port or https://host:port", value)
+    if "/" in rest:
+        raise _expected("a backend address without a path", value)
+    return (scheme.lower(), *_address(rest))
+
+
 def _backend(section: _Section) -> BackendConfig:
     section.allow("address", "name", "weight", "backup", "max_connections", "ports")
-    host, port = section.required("address", _address)
+    scheme, host, port = section.required("address", _backend_address)
     options = section.optional(
         {
             "name": _string,
@@ -287,7 +325,9 @@ def _backend(section: _Section) -> BackendConfig:
         }
     )
     options.setdefault("name", _format_address(host, port))
-    return BackendConfig(host=host, port=port, ports=_ports(section.table("ports")), **options)
+    return BackendConfig(
+        host=host, port=port, ports=_ports(section.table("ports")), scheme=scheme, **options
+    )
 
 
 _STICKY_KEYS = {
@@ -466,6 +506,27 @@ def _dns(section: _Section) -> DNSConfig:
     return DNSConfig(name=name, port=section.required("port", _port), **options)
 
 
+def _tls(section: _Section) -> BackendTLSConfig:
+    section.allow("verify", "ca_files", "server_name", "client_cert", "client_key")
+    options = section.optional(
+        {
+            "verify": _boolean,
+            "ca_files": _list_of(_string),
+            "server_name": _host_name,
+            "client_cert": _string,
+            "client_key": _string,
+        }
+    )
+    tls = BackendTLSConfig(**options)
+    if tls.client_cert is None and tls.client_key is not None:
+        raise section.error("client_cert", "required with client_key")
+    if tls.client_key is None and tls.client_cert is not None:
+        raise section.error("client_key", "required with client_cert")
+    if not tls.verify and tls.ca_files:
+        raise section.error("ca_files", "has no effect with verify = false")
+    return tls
+
+
 def read_pool(name: str, section: _Section) -> PoolConfig:
     """
     The pool C{[pool.NAME]} describes.
@@ -484,6 +545,7 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         "health",
         "passive",
         "dns",
+        "tls",
     )
     backends: dict[str, BackendConfig] = {}
     for table in section.tables("backends"):
@@ -509,6 +571,7 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         "health": _health,
         "passive": _passive,
         "dns": _dns,
+        "tls": _tls,
     }
     for key, read in tables.items():
         if section.has(key):
@@ -522,7 +585,9 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
 
 __all__ = [
     "HEALTH_KINDS",
+    "BACKEND_SCHEMES",
     "BackendConfig",
+    "BackendTLSConfig",
     "DNSConfig",
     "HealthConfig",
     "PassiveConfig",

@@ -225,6 +225,9 @@ class BackendConnection(Protocol):
 
 
 class _ConnectingFactory(ClientFactory):
+    # One per backend connection: "Starting factory" lines for each would drown the log.
+    noisy = False
+
     def __init__(self, connection: BackendConnection) -> None:
         self.connection = connection
 

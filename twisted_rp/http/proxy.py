@@ -468,6 +468,8 @@ class HTTPProxyFactory(Factory):
     """
 
     protocol = HTTPProxyProtocol
+    # The listening port already logs "HTTPProxyFactory starting on PORT".
+    noisy = False
 
     def __init__(
         self,

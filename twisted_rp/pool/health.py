@@ -51,6 +51,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
@@ -184,7 +185,19 @@ class _Probe(Protocol):
             self._deliver()
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class _QuietConnectionPool(HTTPConnectionPool):
+    """treq's pool, without a "Starting factory" log line for every probe."""
+
+    _factory = _QuietHTTP11ClientFactory
+
+
 class _ProbeFactory(Factory):
+    noisy = False
+
     def __init__(self, probe: _Probe) -> None:
         self._probe = probe
 
@@ -505,7 +518,7 @@ class HTTPMonitor:
         policy = _MonitorTLSPolicy(
             self.tls_options, None if self.host is None else _server_name(self.host)
         )
-        pool = HTTPConnectionPool(self.reactor, persistent=False)
+        pool = _QuietConnectionPool(self.reactor, persistent=False)
         self._agent = Agent(self.reactor, contextFactory=policy, pool=pool)
 
     def url_for(self, backend: Backend) -> str:
@@ -698,9 +711,16 @@ class HealthChecker(Service):
     def _failed(self, watch: _Watch, reason: str) -> None:
         watch.successes = 0
         watch.failures += 1
-        self._log.debug(
-            "health check of {backend} failed: {reason}", backend=watch.backend.name, reason=reason
-        )
+        if watch.healthy and watch.failures < self._fall:
+            # As HAProxy does: failures of a backend still in service, counted towards `fall`;
+            # a backend already down is not logged again at every probe.
+            self._log.info(
+                "health check of {backend} failed ({failures}/{fall}): {reason}",
+                backend=watch.backend.name,
+                failures=watch.failures,
+                fall=self._fall,
+                reason=reason,
+            )
         if watch.healthy and watch.failures >= self._fall:
             watch.healthy = False
             self._report(watch.backend, False, f"{_plural(self._fall, 'failed check')}: {reason}")

@@ -516,6 +516,8 @@ class BackendConnection(Protocol):
 
 
 class _Dial(ClientFactory):
+    noisy = False
+
     """
     One connection attempt to a backend, as a L{Deferred} that fires with the
     L{BackendConnection} or fails with the reason; cancelling it stops the attempt.
