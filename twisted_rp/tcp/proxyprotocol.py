@@ -65,23 +65,30 @@ class ProxyHeader:
     destination: IPv4Address | IPv6Address | None = None
 
 
+def address_ip(address: IAddress | None) -> _IP | None:
+    """
+    The IP address of C{address}, an IPv4-mapped IPv6 address as IPv4 (so that a dual-stack
+    listener sees IPv4 clients as such); L{None} when it is not an IP address.
+    """
+    if not isinstance(address, IPv4Address | IPv6Address):
+        return None
+    try:
+        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def _ip_pair(source: IAddress | None, destination: IAddress | None) -> tuple[_IP, _IP] | None:
     """
     Both addresses' IPs in one family: IPv4 when both are IPv4 (or IPv4-mapped IPv6), else
     IPv6 (an IPv4 address becomes IPv4-mapped); L{None} when either is not an IP address.
     """
-    ips: list[_IP] = []
-    for address in (source, destination):
-        if not isinstance(address, IPv4Address | IPv6Address):
-            return None
-        try:
-            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-        except ValueError:
-            return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        ips.append(ip)
-    first, second = ips
+    first, second = address_ip(source), address_ip(destination)
+    if first is None or second is None:
+        return None
     if isinstance(first, ipaddress.IPv4Address) and isinstance(second, ipaddress.IPv4Address):
         return first, second
     return _as_ipv6(first), _as_ipv6(second)

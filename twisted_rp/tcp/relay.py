@@ -52,7 +52,7 @@ from twisted_rp.pool.backend import (
     StickyResponse,
 )
 from twisted_rp.sendnow import writer_for
-from twisted_rp.tcp.proxyprotocol import encode_v1, encode_v2, parse
+from twisted_rp.tcp.proxyprotocol import address_ip, encode_v1, encode_v2, parse
 
 #: The values C{send_proxy} accepts.
 SEND_PROXY_VERSIONS = (None, "v1", "v2")
@@ -63,22 +63,6 @@ _HEADER = "header"
 _CONNECTING = "connecting"
 _SPLICING = "splicing"
 _CLOSED = "closed"
-
-
-def address_ip(address: IAddress | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """
-    The IP address of C{address}, an IPv4-mapped IPv6 address as IPv4 (so that a dual-stack
-    listener sees IPv4 clients as such); L{None} when it is not an IP address.
-    """
-    if not isinstance(address, IPv4Address | IPv6Address):
-        return None
-    try:
-        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def describe(address: IAddress | None) -> str:
