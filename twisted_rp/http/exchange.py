@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.error import TimeoutError as ConnectTimeout
@@ -61,6 +63,33 @@ class Valve:
 
     def stopProducing(self) -> None:
         pass
+
+
+class BackendTLSError(ConnectError):
+    """The TLS handshake with a backend failed (verification, protocol)."""
+
+    def __str__(self) -> str:
+        return str(self.osError)
+
+
+def _tls_failure(reason: Failure) -> str | None:
+    """A plain description of a TLS handshake failure, or L{None} for anything else."""
+    if reason.check(VerificationError):
+        errors = getattr(reason.value, "errors", [])
+        names = [
+            getattr(getattr(e, "mismatched_id", None), "hostname", b"").decode("ascii", "replace")
+            for e in errors
+        ]
+        wanted = ", ".join(n for n in names if n) or "the expected name"
+        return f"TLS: the backend's certificate is not valid for {wanted}"
+    if reason.check(SSL.Error):
+        details = (
+            [part for error in reason.value.args[0] for part in error if part]
+            if reason.value.args and isinstance(reason.value.args[0], list)
+            else []
+        )
+        return f"TLS handshake with the backend failed: {'; '.join(details) or reason.value}"
+    return None
 
 
 class _HTTPStickyResponse(StickyResponse):
@@ -606,6 +635,13 @@ class Exchange:
 
     def on_backend_lost(self, reason: Failure) -> None:
         connection = self.connection
+        tls_problem = _tls_failure(reason)
+        if tls_problem is not None and connection is not None:
+            # The handshake failed: the connection was never established and nothing reached
+            # the backend, so this is a connect failure (retried elsewhere like one).
+            self.connection = None
+            self._connect_failed(Failure(BackendTLSError(tls_problem)))
+            return
         replayable = (
             connection is not None
             and not connection.received_response_bytes
