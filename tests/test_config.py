@@ -16,6 +16,7 @@ from twisted_rp.config import (
     Config,
     ConfigError,
     ListenerConfig,
+    ListenerTLSConfig,
     RouteConfig,
     load_config,
     parse_config,
@@ -23,6 +24,7 @@ from twisted_rp.config import (
 )
 from twisted_rp.config_pools import (
     BackendConfig,
+    BackendTLSConfig,
     DNSConfig,
     HealthConfig,
     PassiveConfig,
@@ -35,6 +37,7 @@ from twisted_rp.pool.health import HealthChecker
 from twisted_rp.pool.sticky import AppCookieStickiness, CookieStickiness, SourceIPStickiness
 from twisted_rp.settings import HeaderPolicy, Limits, LogSettings, ProxySettings, Timeouts
 from twisted_rp.tcp import TCPProxyFactory
+from twisted_rp.tls import MOZILLA_INTERMEDIATE_CIPHERS, CertificateFiles, ServerTLS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -197,7 +200,7 @@ class LoadTests(SynchronousTestCase):
         """
         examples = sorted((REPOSITORY / "examples").glob("*.toml"))
         names = [path.name for path in examples]
-        for name in ("basic.toml", "multi-site.toml", "failover.toml", "tcp.toml"):
+        for name in ("basic.toml", "multi-site.toml", "failover.toml", "tcp.toml", "https.toml"):
             self.assertIn(name, names)
         for path in examples:
             config = load_config(str(path))
@@ -1024,3 +1027,349 @@ class PoolErrorTests(SynchronousTestCase):
         text = MINIMAL.replace('protocol = "http"', 'protocol = "tcp"\npool = "web"')
         error = self.assertRaises(ConfigError, parse, text)
         self.assertEqual(error.key, "route")
+
+
+HTTPS = """
+[[listener]]
+name = "secure"
+protocol = "https"
+endpoint = "tcp:8443:interface=127.0.0.1"
+certificates = [
+  { cert = "/etc/tls/www.pem", key = "/etc/tls/www.key", chain = "/etc/tls/chain.pem" },
+  { cert = "/etc/tls/api.pem", key = "/etc/tls/api.key" },
+]
+min_version = "TLSv1.3"
+max_version = "TLSv1.3"
+ciphers = "ECDHE-RSA-AES128-GCM-SHA256"
+client_certs = "optional"
+client_ca_files = ["/etc/tls/clients-ca.pem"]
+hsts = "max-age=31536000; includeSubDomains"
+reload_interval = 0
+
+[[listener]]
+name = "plain"
+protocol = "http"
+endpoint = "tcp:8080:interface=127.0.0.1"
+redirect_to_https = 8443
+
+[[route]]
+pool = "web"
+
+[pool.web]
+[[pool.web.backends]]
+address = "https://app.internal:8443"
+
+[[pool.web.backends]]
+address = "http://[::1]:8080"
+name = "plain"
+
+[[pool.web.backends]]
+address = "10.0.0.3:8080"
+
+[pool.web.tls]
+verify = true
+ca_files = ["/etc/tls/internal-ca.pem"]
+server_name = "app.internal"
+client_cert = "/etc/tls/proxy-client.pem"
+client_key = "/etc/tls/proxy-client.key"
+"""
+
+MINIMAL_HTTPS = """
+[[listener]]
+name = "secure"
+protocol = "https"
+endpoint = "tcp:8443"
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+
+[[route]]
+pool = "web"
+
+[pool.web]
+[[pool.web.backends]]
+address = "127.0.0.1:8081"
+"""
+
+
+class HTTPSConfigTests(SynchronousTestCase):
+    """
+    C{https} listeners, C{redirect_to_https}, C{https://} backends and C{[pool.NAME.tls]}.
+    """
+
+    def test_round_trip(self) -> None:
+        config = parse(HTTPS)
+        self.assertEqual(
+            config.listeners,
+            (
+                ListenerConfig(
+                    "secure",
+                    "https",
+                    "tcp:8443:interface=127.0.0.1",
+                    tls=ListenerTLSConfig(
+                        certificates=(
+                            CertificateFiles(
+                                "/etc/tls/www.pem", "/etc/tls/www.key", "/etc/tls/chain.pem"
+                            ),
+                            CertificateFiles("/etc/tls/api.pem", "/etc/tls/api.key"),
+                        ),
+                        min_version="TLSv1.3",
+                        max_version="TLSv1.3",
+                        ciphers="ECDHE-RSA-AES128-GCM-SHA256",
+                        client_certs="optional",
+                        client_ca_files=("/etc/tls/clients-ca.pem",),
+                        hsts="max-age=31536000; includeSubDomains",
+                        reload_interval=0.0,
+                    ),
+                ),
+                ListenerConfig(
+                    "plain", "http", "tcp:8080:interface=127.0.0.1", redirect_to_https=8443
+                ),
+            ),
+        )
+        web = config.pool("web")
+        self.assertEqual(
+            web.backends,
+            (
+                BackendConfig("app.internal:8443", "app.internal", 8443, scheme="https"),
+                BackendConfig("plain", "::1", 8080),
+                BackendConfig("10.0.0.3:8080", "10.0.0.3", 8080),
+            ),
+        )
+        self.assertEqual(
+            web.tls,
+            BackendTLSConfig(
+                verify=True,
+                ca_files=("/etc/tls/internal-ca.pem",),
+                server_name="app.internal",
+                client_cert="/etc/tls/proxy-client.pem",
+                client_key="/etc/tls/proxy-client.key",
+            ),
+        )
+
+    def test_defaults_are_the_librarys(self) -> None:
+        """
+        An https listener with only certificates has L{ServerTLS}'s defaults; a pool without a
+        tls table has none, and a backend address without a scheme is plain.
+        """
+        config = parse(MINIMAL_HTTPS)
+        tls = config.listeners[0].tls
+        assert tls is not None
+        self.assertEqual(tls, ListenerTLSConfig((CertificateFiles("c.pem", "k.pem"),)))
+        self.assertEqual(
+            (tls.min_version, tls.max_version, tls.ciphers, tls.client_certs),
+            ("TLSv1.2", None, MOZILLA_INTERMEDIATE_CIPHERS, "none"),
+        )
+        self.assertEqual((tls.hsts, tls.reload_interval), (None, 5.0))
+        self.assertEqual(
+            ServerTLS.watch.__defaults__, (tls.reload_interval,), "the library's own default"
+        )
+        self.assertIsNone(config.pool("web").tls)
+        self.assertEqual(config.pool("web").backends[0].scheme, "http")
+        self.assertEqual(BackendTLSConfig(), parse(MINIMAL + "[pool.web.tls]\n").pool("web").tls)
+
+    def test_example(self) -> None:
+        """
+        The offload example terminates HTTPS, redirects plain HTTP, and verifies its TLS
+        backends.
+        """
+        config = load_config(str(REPOSITORY / "examples" / "https.toml"))
+        https, http = config.listeners
+        assert https.tls is not None
+        self.assertEqual((https.protocol, len(https.tls.certificates)), ("https", 2))
+        self.assertEqual((http.protocol, http.redirect_to_https), ("http", 443))
+        self.assertEqual([b.scheme for b in config.pool("app").backends], ["http"])
+        api = config.pool("api")
+        self.assertEqual([b.scheme for b in api.backends], ["https", "https"])
+        assert api.tls is not None and api.health is not None
+        self.assertEqual((api.tls.verify, api.health.kind), (True, "tls"))
+
+    def test_https_listener_routes(self) -> None:
+        """
+        Routes apply to https listeners as to http ones, and an https listener alone needs
+        routes.
+        """
+        config = parse(
+            MINIMAL_HTTPS.replace('pool = "web"\n\n', 'pool = "web"\nlisteners = ["secure"]\n\n')
+        )
+        self.assertEqual(config.routes[0].listeners, ("secure",))
+        error = self.assertRaises(
+            ConfigError, parse, MINIMAL_HTTPS.replace('[[route]]\npool = "web"\n', "")
+        )
+        self.assertEqual(error.key, "route")
+
+    def test_redirect_only(self) -> None:
+        """
+        A listener that only redirects needs no routes.
+        """
+        config = parse(
+            '[[listener]]\nname = "plain"\nprotocol = "http"\nendpoint = "tcp:80"\n'
+            "redirect_to_https = 443\n"
+        )
+        self.assertEqual(config.listeners[0].redirect_to_https, 443)
+        self.assertEqual(config.routes, ())
+
+
+class HTTPSErrorTests(SynchronousTestCase):
+    """
+    Each mistake in the HTTPS keys is reported at its exact key path.
+    """
+
+    def assertError(self, text: str, key: str, message: str | None = None) -> ConfigError:
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual((error.source, error.key), ("test.toml", key), str(error))
+        if message is not None:
+            self.assertEqual(error.message, message)
+        return error
+
+    def listener(self, extra: str, certificates: str | None = None) -> str:
+        """C{MINIMAL_HTTPS} with C{extra} keys in its listener."""
+        text = MINIMAL_HTTPS
+        if certificates is not None:
+            text = text.replace('[{ cert = "c.pem", key = "k.pem" }]', certificates)
+        return text.replace('endpoint = "tcp:8443"\n', f'endpoint = "tcp:8443"\n{extra}')
+
+    def test_certificates(self) -> None:
+        self.assertError(
+            MINIMAL_HTTPS.replace('certificates = [{ cert = "c.pem", key = "k.pem" }]\n', ""),
+            "listener[0].certificates",
+            'required with protocol = "https"',
+        )
+        self.assertError(self.listener("", "[]"), "listener[0].certificates")
+        self.assertError(self.listener("", '"c.pem"'), "listener[0].certificates")
+        self.assertError(
+            self.listener("", '[{ cert = "c.pem" }]'),
+            "listener[0].certificates[0].key",
+            "required key is missing",
+        )
+        self.assertError(
+            self.listener("", '[{ cert = "c.pem", key = "k.pem" }, { key = "k.pem" }]'),
+            "listener[0].certificates[1].cert",
+        )
+        self.assertError(
+            self.listener("", '[{ cert = "c.pem", key = "k.pem", chain = "" }]'),
+            "listener[0].certificates[0].chain",
+        )
+        self.assertError(
+            self.listener("", '[{ cert = "c.pem", key = "k.pem", ca = "x" }]'),
+            "listener[0].certificates[0].ca",
+        )
+
+    def test_versions_and_ciphers(self) -> None:
+        self.assertError(
+            self.listener('min_version = "TLSv1"\n'),
+            "listener[0].min_version",
+            "expected one of 'TLSv1.2', 'TLSv1.3', got 'TLSv1'",
+        )
+        self.assertError(self.listener('max_version = "SSLv3"\n'), "listener[0].max_version")
+        self.assertError(
+            self.listener('min_version = "TLSv1.3"\nmax_version = "TLSv1.2"\n'),
+            "listener[0].max_version",
+            "TLSv1.2 is below min_version TLSv1.3",
+        )
+        self.assertError(self.listener('ciphers = "NOT-A-CIPHER"\n'), "listener[0].ciphers")
+        self.assertError(self.listener("ciphers = 1\n"), "listener[0].ciphers")
+
+    def test_client_certs(self) -> None:
+        self.assertError(self.listener('client_certs = "yes"\n'), "listener[0].client_certs")
+        error = self.assertError(
+            self.listener('client_certs = "required"\n'), "listener[0].client_ca_files"
+        )
+        self.assertIn("required with client_certs = 'required'", error.message)
+        self.assertError(
+            self.listener('client_ca_files = ["ca.pem"]\n'),
+            "listener[0].client_ca_files",
+            'has no effect with client_certs = "none" (the default)',
+        )
+        self.assertError(
+            self.listener('client_certs = "optional"\nclient_ca_files = ["ca.pem", 2]\n'),
+            "listener[0].client_ca_files[1]",
+        )
+
+    def test_hsts_and_reload(self) -> None:
+        self.assertError(self.listener('hsts = "includeSubDomains"\n'), "listener[0].hsts")
+        self.assertError(self.listener('hsts = "max-age=1\\r\\nX: y"\n'), "listener[0].hsts")
+        self.assertError(self.listener("hsts = true\n"), "listener[0].hsts")
+        self.assertError(
+            self.listener("reload_interval = -1\n"),
+            "listener[0].reload_interval",
+            "expected a number >= 0, got -1",
+        )
+
+    def test_keys_of_other_protocols(self) -> None:
+        self.assertError(
+            self.listener('pool = "web"\n'),
+            "listener[0].pool",
+            "only used with protocol = \"tcp\", not 'https'",
+        )
+        self.assertError(
+            self.listener("redirect_to_https = 443\n"),
+            "listener[0].redirect_to_https",
+            "only used with protocol = \"http\", not 'https'",
+        )
+        self.assertError(
+            MINIMAL.replace('protocol = "http"', 'protocol = "http"\nhsts = "max-age=1"'),
+            "listener[0].hsts",
+            "only used with protocol = \"https\", not 'http'",
+        )
+        self.assertError(
+            MINIMAL.replace('protocol = "http"', 'protocol = "http"\ncertificates = []'),
+            "listener[0].certificates",
+        )
+        self.assertError(self.listener("reload = 5\n"), "listener[0].reload")
+
+    def test_redirect_to_https(self) -> None:
+        self.assertError(
+            MINIMAL.replace('protocol = "http"', 'protocol = "http"\nredirect_to_https = 0'),
+            "listener[0].redirect_to_https",
+            "expected an integer from 1 to 65535, got 0",
+        )
+        redirect = (
+            '[[listener]]\nname = "plain"\nprotocol = "http"\nendpoint = "tcp:80"\n'
+            "redirect_to_https = 443\n"
+        )
+        named = MINIMAL.replace('pool = "web"\n\n', 'pool = "web"\nlisteners = ["plain"]\n\n')
+        error = self.assertError(named + redirect, "route[0].listeners[0]")
+        self.assertIn("only redirects to HTTPS", error.message)
+        # Routes without a proxying listener to apply to.
+        only_redirect = MINIMAL.replace(
+            'protocol = "http"', 'protocol = "http"\nredirect_to_https = 443'
+        )
+        self.assertError(only_redirect, "route")
+
+    def test_backend_addresses(self) -> None:
+        backend = '[[pool.web.backends]]\naddress = "{}"\n'
+        for address in ("ftp://a:21", "https://a", "https://a:443/path", "https://", "https:a:1"):
+            self.assertError(
+                MINIMAL + backend.format(address), "pool.web.backends[1].address", None
+            )
+        self.assertError(
+            MINIMAL + backend.format("https://[::1:443"),
+            "pool.web.backends[1].address",
+        )
+
+    def test_pool_tls(self) -> None:
+        tls = "[pool.web.tls]\n"
+        self.assertError(
+            MINIMAL + tls + 'verify = "no"\n',
+            "pool.web.tls.verify",
+            "expected true or false, got 'no'",
+        )
+        self.assertError(MINIMAL + tls + 'ca_files = "ca.pem"\n', "pool.web.tls.ca_files")
+        self.assertError(MINIMAL + tls + 'ca_files = [""]\n', "pool.web.tls.ca_files[0]")
+        self.assertError(MINIMAL + tls + 'server_name = "a b"\n', "pool.web.tls.server_name")
+        self.assertError(
+            MINIMAL + tls + 'client_cert = "c.pem"\n',
+            "pool.web.tls.client_key",
+            "required with client_cert",
+        )
+        self.assertError(
+            MINIMAL + tls + 'client_key = "k.pem"\n',
+            "pool.web.tls.client_cert",
+            "required with client_key",
+        )
+        self.assertError(
+            MINIMAL + tls + 'verify = false\nca_files = ["ca.pem"]\n',
+            "pool.web.tls.ca_files",
+            "has no effect with verify = false",
+        )
+        self.assertError(MINIMAL + tls + "verfy = false\n", "pool.web.tls.verfy")
+        self.assertError(MINIMAL.replace("[pool.web]\n", "[pool.web]\ntls = 1\n"), "pool.web.tls")

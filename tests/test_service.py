@@ -4,31 +4,49 @@ Tests for L{twisted_rp.service}: from a configuration to listening services.
 
 from __future__ import annotations
 
+import datetime
+import io
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import trustme
+from cryptography import x509
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolver
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.names.common import ResolverBase
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from twisted_rp.config import Config, ConfigError, parse_config
 from twisted_rp.http.message import AccessRecord
 from twisted_rp.http.proxy import HTTPProxyFactory
+from twisted_rp.http.redirect import HTTPSRedirectFactory
 from twisted_rp.pool import BackendPool, RoundRobin
 from twisted_rp.pool.balancers import HashBalancer, LeastConnections
 from twisted_rp.pool.dns import DNSMembership
-from twisted_rp.pool.health import HealthChecker, HTTPMonitor, TCPMonitor
+from twisted_rp.pool.health import HealthChecker, HTTPMonitor, TCPMonitor, TLSMonitor
 from twisted_rp.pool.sticky import SourceIPStickiness
-from twisted_rp.service import build_pools, build_router, build_service
+from twisted_rp.service import (
+    PerBackendMonitor,
+    build_pools,
+    build_router,
+    build_service,
+    check_files,
+)
 from twisted_rp.settings import ProxySettings
+from twisted_rp.tap import Options
 from twisted_rp.tcp import TCPProxyFactory
+from twisted_rp.tls import INSECURE_WARNING
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -402,3 +420,345 @@ class PoolServiceTests(SynchronousTestCase):
         assert isinstance(checker, HealthChecker)
         self.assertIs(tcp.factory.pool, http.router.routes[0].pool)
         self.assertIs(checker._pool, tcp.factory.pool)
+
+
+class Certificates:
+    """
+    A trustme CA and PEM files of certificates it issues, in a temporary directory.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True)
+        self.ca = trustme.CA()
+        self.ca_file = self.write("ca.pem", self.ca.cert_pem.bytes())
+
+    def write(self, name: str, data: bytes) -> str:
+        path = self.directory / name
+        path.write_bytes(data)
+        return str(path)
+
+    def issue(self, name: str, **options: Any) -> tuple[str, str]:
+        """Certificate (with its chain) and key files for C{name}."""
+        leaf = self.ca.issue_cert(name, common_name=name, **options)
+        cert = self.write(f"{name}.pem", b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        return cert, self.write(f"{name}.key", leaf.private_key_pem.bytes())
+
+
+def https_config(
+    www: tuple[str, str], api: tuple[str, str], client_ca: str, extra: str = ""
+) -> str:
+    return f"""
+[[listener]]
+name = "secure"
+protocol = "https"
+endpoint = "tcp:8443:interface=127.0.0.1"
+certificates = [
+  {{ cert = "{www[0]}", key = "{www[1]}" }},
+  {{ cert = "{api[0]}", key = "{api[1]}" }},
+]
+client_certs = "optional"
+client_ca_files = ["{client_ca}"]
+hsts = "max-age=600"
+
+[[listener]]
+name = "secure-2"
+protocol = "https"
+endpoint = "tcp:9443:interface=127.0.0.1"
+certificates = [{{ cert = "{api[0]}", key = "{api[1]}" }}]
+reload_interval = 0
+
+[[listener]]
+name = "plain"
+protocol = "http"
+endpoint = "tcp:8080:interface=127.0.0.1"
+redirect_to_https = 8443
+
+[[route]]
+pool = "web"
+
+[pool.web]
+[[pool.web.backends]]
+address = "https://app-1.internal:8443"
+
+[[pool.web.backends]]
+address = "https://app-2.internal:8443"
+
+[[pool.web.backends]]
+address = "10.0.0.3:8080"
+name = "plain"
+{extra}"""
+
+
+def served_certificate(factory: Any, server_name: str, ca_file: str) -> x509.Certificate:
+    """
+    The certificate a server built by C{factory} presents to a client asking for
+    C{server_name}, the handshake run in memory; the client verifies it with C{ca_file}.
+    """
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+    transport = StringTransport()
+    server.makeConnection(transport)
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(ca_file)
+    context.set_verify(SSL.VERIFY_PEER)
+    client = SSL.Connection(context, None)
+    client.set_tlsext_host_name(server_name.encode("ascii"))
+    client.set_connect_state()
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            break
+        except SSL.WantReadError:
+            server.dataReceived(client.bio_read(65536))
+            client.bio_write(transport.value())
+            transport.clear()
+    certificate = client.get_peer_certificate(as_cryptography=True)
+    assert certificate is not None
+    server.connectionLost(None)
+    return certificate
+
+
+def common_name(certificate: x509.Certificate) -> object:
+    return certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+
+
+class HTTPSServiceTests(SynchronousTestCase):
+    """
+    L{build_service} serves https listeners with the configured certificates, redirects from
+    http listeners, and connects to https backends with the pool's TLS settings; unusable
+    files are configuration errors naming their key.
+    """
+
+    def setUp(self) -> None:
+        self.certificates = Certificates(self.mktemp())
+        self.www = self.certificates.issue("www.example.test")
+        self.api = self.certificates.issue("api.example.test")
+        self.reactor = MemoryReactorClock()
+        # Certificates' validity is checked against the reactor's time.
+        self.reactor.advance(time.time())
+
+    def config(self, extra: str = "", **replace: str) -> Config:
+        text = https_config(self.www, self.api, self.certificates.ca_file, extra)
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        return config_from(text)
+
+    def build(self, extra: str = "", **replace: str) -> MultiService:
+        return build_service(self.config(extra, **replace), self.reactor)
+
+    def assertBuildError(self, key: str, config: Config) -> ConfigError:
+        error = self.assertRaises(ConfigError, build_service, config, self.reactor)
+        self.assertEqual((error.source, error.key), ("test.toml", key), str(error))
+        # check_files (--check-config) finds the same problem.
+        same = self.assertRaises(ConfigError, check_files, config)
+        self.assertEqual(str(same), str(error))
+        return error
+
+    def test_https_listener(self) -> None:
+        """
+        An https listener wraps the HTTP proxy in TLS, chooses its certificate by SNI (the
+        first without a match), and passes its settings to the proxy.
+        """
+        service = self.build()
+        listening = service.getServiceNamed("secure")
+        assert isinstance(listening, StreamServerEndpointService)
+        factory = listening.factory
+        assert isinstance(factory, TLSMemoryBIOFactory)
+        http = factory.wrappedFactory
+        assert isinstance(http, HTTPProxyFactory)
+        self.assertEqual(
+            (http.scheme, http.client_cert_headers, http.hsts), ("https", True, b"max-age=600")
+        )
+        ca = self.certificates.ca_file
+        self.assertEqual(
+            common_name(served_certificate(factory, "api.example.test", ca)), "api.example.test"
+        )
+        self.assertEqual(
+            common_name(served_certificate(factory, "other.test", ca)), "www.example.test"
+        )
+        second = service.getServiceNamed("secure-2")
+        assert isinstance(second, StreamServerEndpointService)
+        assert isinstance(second.factory, TLSMemoryBIOFactory)
+        second_http = second.factory.wrappedFactory
+        assert isinstance(second_http, HTTPProxyFactory)
+        self.assertEqual((second_http.client_cert_headers, second_http.hsts), (False, None))
+        # Both share the backend connections and pools of plain listeners.
+        self.assertIs(http.connections, second_http.connections)
+
+    def test_reload_services(self) -> None:
+        """
+        Each https listener with a reload interval gets a file watcher; all get one SIGHUP
+        reloader, which is installed while the service runs.
+        """
+        import signal
+
+        service = self.build()
+        names = [child.name for child in service]
+        self.assertIn("tls-watch:secure", names)
+        self.assertNotIn("tls-watch:secure-2", names)
+        self.assertEqual(names.count("tls-sighup"), 1)
+        before = signal.getsignal(signal.SIGHUP)
+        service.startService()
+        try:
+            self.assertIsNot(signal.getsignal(signal.SIGHUP), before)
+            # The watcher polls on the reactor every reload_interval (5 s by default).
+            self.assertIn(
+                self.reactor.seconds() + 5.0,
+                [call.getTime() for call in self.reactor.getDelayedCalls()],
+            )
+        finally:
+            service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
+
+    def test_no_tls_services_without_https(self) -> None:
+        names = [child.name for child in build_service(config_from(TWO_LISTENERS), self.reactor)]
+        self.assertFalse([name for name in names if name.startswith("tls-")], names)
+
+    def test_redirect_listener(self) -> None:
+        listening = self.build().getServiceNamed("plain")
+        assert isinstance(listening, StreamServerEndpointService)
+        factory = listening.factory
+        assert isinstance(factory, HTTPSRedirectFactory)
+        self.assertEqual(factory.https_port, 8443)
+
+    def test_missing_certificate(self) -> None:
+        missing = str(self.certificates.directory / "missing.pem")
+        error = self.assertBuildError(
+            "listener[0].certificates[0].cert", self.config(**{self.www[0]: missing})
+        )
+        self.assertIn(missing, error.message)
+        self.assertIn("not found", error.message)
+        self.assertBuildError(
+            "listener[0].certificates[1].key",
+            self.config(**{f'key = "{self.api[1]}" }},\n]': 'key = "/nonexistent/k.pem" },\n]'}),
+        )
+
+    def test_key_mismatch(self) -> None:
+        error = self.assertBuildError(
+            "listener[0].certificates[1].key",
+            self.config(**{f'key = "{self.api[1]}" }},\n]': f'key = "{self.www[1]}" }},\n]'}),
+        )
+        self.assertIn("does not match", error.message)
+
+    def test_expired(self) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = self.certificates.issue(
+            "old.example.test",
+            not_before=now - datetime.timedelta(days=30),
+            not_after=now - datetime.timedelta(days=1),
+        )
+        error = self.assertBuildError(
+            "listener[0].certificates[0].cert",
+            self.config(**{self.www[0]: expired[0], self.www[1]: expired[1]}),
+        )
+        self.assertIn("expired", error.message)
+
+    def test_client_ca_file(self) -> None:
+        garbage = self.certificates.write("garbage.pem", b"not a certificate")
+        self.assertBuildError(
+            "listener[0].client_ca_files[0]",
+            self.config(**{self.certificates.ca_file: garbage}),
+        )
+
+    def test_https_backends(self) -> None:
+        """
+        https backends get client TLS, one per server name; plain ones none.
+        """
+        pools = build_pools(self.config(), self.reactor)
+        app1, app2, plain = pools["web"].backends()
+        self.assertIsNotNone(app1.tls)
+        self.assertIsNotNone(app2.tls)
+        self.assertIsNot(app1.tls, app2.tls)
+        self.assertIsNone(plain.tls)
+        ca_file = self.certificates.ca_file
+        tls = f'[pool.web.tls]\nserver_name = "app.internal"\nca_files = ["{ca_file}"]\n'
+        shared = build_pools(self.config(tls), self.reactor)
+        app1, app2, _ = shared["web"].backends()
+        self.assertIs(app1.tls, app2.tls)
+
+    def test_pool_tls_files(self) -> None:
+        missing = str(self.certificates.directory / "missing.pem")
+        self.assertBuildError(
+            "pool.web.tls.ca_files[0]", self.config(f'[pool.web.tls]\nca_files = ["{missing}"]\n')
+        )
+        self.assertBuildError(
+            "pool.web.tls.client_cert",
+            self.config(
+                f'[pool.web.tls]\nclient_cert = "{missing}"\nclient_key = "{self.www[1]}"\n'
+            ),
+        )
+        self.assertBuildError(
+            "pool.web.tls.client_key",
+            self.config(
+                f'[pool.web.tls]\nclient_cert = "{self.www[0]}"\nclient_key = "{self.api[1]}"\n'
+            ),
+        )
+
+    def test_insecure_warning(self) -> None:
+        """
+        verify = false logs a warning at start-up for each backend name not verified.
+        """
+        with capturedLogs() as events:
+            self.build("[pool.web.tls]\nverify = false\n")
+        warnings = [e for e in events if e.get("log_format") == INSECURE_WARNING]
+        self.assertEqual(
+            sorted(e["server_name"] for e in warnings), ["app-1.internal", "app-2.internal"]
+        )
+        with capturedLogs() as events:
+            self.build()
+        self.assertFalse([e for e in events if e.get("log_format") == INSECURE_WARNING])
+
+    def test_tls_health_check(self) -> None:
+        """
+        A tls health check reuses an https backend's client TLS, and makes one with the pool's
+        settings for a plain backend; an http one speaks HTTPS to https backends.
+        """
+        for kind in ("tls", "http"):
+            service = self.build(f'[pool.web.health]\nkind = "{kind}"\n')
+            checker = service.getServiceNamed("health:web")
+            assert isinstance(checker, HealthChecker)
+            monitor = checker._monitor
+            assert isinstance(monitor, PerBackendMonitor)
+            app, _, plain = checker._pool.backends()
+            self.assertIs(monitor.creator_for(app), app.tls)
+            if kind == "tls":
+                self.assertIsNotNone(monitor.creator_for(plain))
+                self.assertIsInstance(monitor.make(monitor.creator_for(app)), TLSMonitor)
+            else:
+                self.assertIsNone(monitor.creator_for(plain))
+                https = monitor.make(monitor.creator_for(app))
+                assert isinstance(https, HTTPMonitor)
+                self.assertEqual(https.url_for(app), "https://app-1.internal:8443/")
+                plain_monitor = monitor.make(None)
+                assert isinstance(plain_monitor, HTTPMonitor)
+                self.assertEqual(plain_monitor.url_for(plain), "http://10.0.0.3:8080/")
+
+    def test_check_config(self) -> None:
+        """
+        C{--check-config} reads the certificate files: a missing one fails with its key.
+        """
+        stdout, stderr = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        self.patch(sys, "stderr", stderr)
+        missing = str(self.certificates.directory / "missing.pem")
+        path = self.certificates.write(
+            "proxy.toml",
+            https_config((missing, self.www[1]), self.api, self.certificates.ca_file).encode(),
+        )
+        exit = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", path, "--check-config"]
+        )
+        self.assertEqual(exit.code, 1)
+        self.assertEqual(stdout.getvalue(), "")
+        self.assertTrue(
+            stderr.getvalue().startswith(f"{path}: listener[0].certificates[0].cert: {missing}"),
+            stderr.getvalue(),
+        )
+        good = self.certificates.write(
+            "good.toml",
+            https_config(self.www, self.api, self.certificates.ca_file).encode(),
+        )
+        exit = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", good, "--check-config"]
+        )
+        self.assertEqual((exit.code, stdout.getvalue()), (0, f"OK: {good}\n"))

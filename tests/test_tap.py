@@ -317,6 +317,34 @@ class TwistdTests(ConfigFileMixin, SynchronousTestCase):
         self.assertTrue(result.stderr.startswith(f"{path}: {BAD_KEY}: "), result.stderr)
         self.assertNotIn("Traceback", result.stderr + result.stdout)
 
+    def test_missing_certificate_at_start_no_traceback(self) -> None:
+        """
+        A file that parses but names a certificate that is not there fails at start-up as a bad
+        file does: status 1, one line with the file and the key, no traceback.
+        """
+        path = self.write(
+            """
+[[listener]]
+name = "secure"
+protocol = "https"
+endpoint = "tcp:0:interface=127.0.0.1"
+certificates = [{ cert = "/nonexistent/www.pem", key = "/nonexistent/www.key" }]
+
+[[route]]
+pool = "app"
+
+[[pool.app.backends]]
+address = "127.0.0.1:9"
+"""
+        )
+        result = twistd("--nodaemon", "--pidfile=", "reverseproxy", "--config", path)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(), [result.stderr.strip()])
+        self.assertTrue(
+            result.stderr.startswith(f"{path}: listener[0].certificates[0].cert: "), result.stderr
+        )
+        self.assertNotIn("Traceback", result.stderr + result.stdout)
+
     def test_missing_config_file(self) -> None:
         path = os.path.join(os.path.abspath(self.mktemp()), "missing.toml")
         result = twistd("--nodaemon", "--pidfile=", "reverseproxy", "--config", path)

@@ -573,7 +573,7 @@ def _listener(section: _Section) -> ListenerConfig:
             continue
         for key in keys:
             if section.has(key):
-                raise section.error(key, f"only used with protocol = \"{other}\", not {protocol!r}")
+                raise section.error(key, f'only used with protocol = "{other}", not {protocol!r}')
     section.allow("name", "protocol", "endpoint", *_KEYS_BY_PROTOCOL[protocol])
     name = section.required("name", _string)
     endpoint = section.required("endpoint", _endpoint)

@@ -30,6 +30,7 @@ from twisted_rp.config import (
     _host_name,
     _integer,
     _Invalid,
+    _list_of,
     _number,
     _path_prefix,
     _Section,
@@ -302,10 +303,9 @@ def _ports(section: _Section) -> tuple[tuple[str, int], ...]:
 
 def _backend_address(value: object) -> tuple[str, str, int]:
     """C{host:port}, C{http://host:port} or C{https://host:port} into scheme, host and port."""
-    text = _string(value)
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        return ("http", *_address(text))
+    if not isinstance(value, str) or "://" not in value:
+        return ("http", *_address(value))
+    scheme, _, rest = value.partition("://")
     if scheme.lower() not in BACKEND_SCHEMES:
         raise _expected("host:port, http://host:port or https://host:port", value)
     if "/" in rest:
@@ -584,8 +584,8 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
 
 
 __all__ = [
-    "HEALTH_KINDS",
     "BACKEND_SCHEMES",
+    "HEALTH_KINDS",
     "BackendConfig",
     "BackendTLSConfig",
     "DNSConfig",

@@ -8,17 +8,27 @@ themselves (see C{docs/embedding.rst}).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+    IResolver,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from twisted_rp.config import Config, ConfigError, ListenerConfig
 from twisted_rp.config_pools import (
     BackendConfig,
+    BackendTLSConfig,
     HealthConfig,
     PoolConfig,
     make_stickiness,
@@ -26,6 +36,7 @@ from twisted_rp.config_pools import (
 from twisted_rp.http.accesslog import AccessLog, access_log_from_settings
 from twisted_rp.http.backend import BackendConnections
 from twisted_rp.http.proxy import HTTPProxyFactory
+from twisted_rp.http.redirect import HTTPSRedirectFactory
 from twisted_rp.http.routing import Route, Router
 from twisted_rp.interfaces import IBalancer, IHealthMonitor
 from twisted_rp.pool import Backend, BackendPool, PassiveHealth
@@ -33,10 +44,20 @@ from twisted_rp.pool.balancers import BALANCERS
 from twisted_rp.pool.dns import DNSMembership
 from twisted_rp.pool.health import FTPMonitor, HealthChecker, HTTPMonitor, TCPMonitor, TLSMonitor
 from twisted_rp.tcp.relay import TCPProxyFactory
+from twisted_rp.tls import (
+    INSECURE_WARNING,
+    CertificateFiles,
+    ServerTLS,
+    SighupReloadService,
+    TLSConfigError,
+    client_tls,
+)
 
 __all__ = [
     "BALANCERS",
+    "PerBackendMonitor",
     "build_balancer",
+    "build_client_tls",
     "build_dns_membership",
     "build_health_checker",
     "build_monitor",
@@ -44,12 +65,159 @@ __all__ = [
     "build_pools",
     "build_router",
     "build_routes",
+    "build_server_tls",
     "build_service",
     "build_tcp_factory",
+    "check_files",
     "open_access_log",
 ]
 
 HTTP_PROTOCOLS = frozenset({"http", "https"})
+DEFAULT_SOURCE = "<config>"
+
+Creator = IOpenSSLClientConnectionCreator
+
+_log = Logger()
+
+
+def _tls_error(
+    source: str,
+    base: str,
+    error: TLSConfigError,
+    groups: Sequence[Sequence[tuple[str, str | None]]],
+) -> ConfigError:
+    """
+    A L{ConfigError} at the key of the file C{error} is about.
+
+    L{TLSConfigError} messages start with the file's path (after C{"bad CA file "} for CAs).
+    A path may be given under several keys (one PEM holding certificate and key, one key for
+    two certificates): the key chosen is the one whose neighbours the message names too (a key
+    that does not match I{this} certificate), then, for messages about the private key, a
+    C{key}, then the first.
+
+    @param base: the key path of the table holding the files.
+    @param groups: C{(key, path)} pairs, by certificate entry.
+    """
+    message = str(error)
+    text = message.removeprefix("bad CA file ")
+    matches: list[tuple[int, bool, str]] = []
+    for group in groups:
+        for key, path in group:
+            if path is not None and text.startswith(f"{path}:"):
+                named = sum(1 for _, other in group if other not in (None, path) and other in text)
+                about_key = "private key" in text and key.endswith("key")
+                matches.append((-named, not about_key, key))
+    if matches:
+        key = min(matches, key=lambda match: match[:2])[2]
+    elif text.startswith("ciphers "):
+        key = "ciphers"
+    else:
+        return ConfigError(source, base, message)
+    return ConfigError(source, f"{base}.{key}", message)
+
+
+def build_server_tls(
+    listener: ListenerConfig,
+    key: str,
+    source: str = DEFAULT_SOURCE,
+    clock: IReactorTime | None = None,
+) -> ServerTLS:
+    """
+    The L{ServerTLS} of an C{https} listener, its files read and checked.
+
+    @param key: the listener's key path, like C{listener[1]}, for errors.
+    @param clock: for expiry checks, ticket key rotation and the file watcher; L{None} for the
+        system time and the global reactor.
+    @raise ConfigError: a file is missing or unusable, a key does not match its certificate, a
+        certificate has expired; naming the key, like C{listener[1].certificates[0].cert}.
+    """
+    tls = listener.tls
+    assert tls is not None, f"{listener.name} is not an https listener"
+    groups: list[list[tuple[str, str | None]]] = [
+        [
+            (f"certificates[{index}].cert", certificate.cert),
+            (f"certificates[{index}].key", certificate.key),
+            (f"certificates[{index}].chain", certificate.chain),
+        ]
+        for index, certificate in enumerate(tls.certificates)
+    ]
+    groups.extend([(f"client_ca_files[{i}]", path)] for i, path in enumerate(tls.client_ca_files))
+    try:
+        return ServerTLS(
+            tls.certificates,
+            min_version=tls.min_version,
+            max_version=tls.max_version,
+            ciphers=tls.ciphers,
+            client_certs=tls.client_certs,
+            client_ca_files=tls.client_ca_files,
+            clock=clock,
+        )
+    except TLSConfigError as error:
+        raise _tls_error(source, key, error, groups) from None
+
+
+def build_client_tls(pool: PoolConfig, host: str, source: str = DEFAULT_SOURCE) -> Creator:
+    """
+    Client TLS to C{host} with the settings of C{pool}'s C{tls} table (the defaults without
+    one): the name sent and verified is C{server_name}, else C{host}.
+
+    @raise ConfigError: a CA or client certificate file is unusable, naming its key.
+    """
+    tls = pool.tls or BackendTLSConfig()
+    return _client_tls(pool, tls.server_name or host, source)
+
+
+def _client_tls(pool: PoolConfig, server_name: str, source: str) -> Creator:
+    tls = pool.tls or BackendTLSConfig()
+    client_cert = None
+    if tls.client_cert is not None and tls.client_key is not None:
+        client_cert = CertificateFiles(tls.client_cert, tls.client_key)
+    groups: list[list[tuple[str, str | None]]] = [
+        [("client_cert", tls.client_cert), ("client_key", tls.client_key)]
+    ]
+    groups.extend([(f"ca_files[{i}]", path)] for i, path in enumerate(tls.ca_files))
+    try:
+        return client_tls(
+            server_name,
+            verify=tls.verify,
+            ca_files=tls.ca_files,
+            client_cert=client_cert,
+        )
+    except TLSConfigError as error:
+        raise _tls_error(source, f"pool.{pool.name}.tls", error, groups) from None
+
+
+class _ClientTLSCache:
+    """
+    The client TLS creators of one pool, one per server name, made when first asked for; the
+    first one made for an unverified name logs L{INSECURE_WARNING}.
+    """
+
+    def __init__(self, pool: PoolConfig, source: str) -> None:
+        self._pool = pool
+        self._source = source
+        self._creators: dict[str, Creator] = {}
+
+    def for_host(self, host: str) -> Creator:
+        """The creator for a backend on C{host}; raises L{ConfigError}."""
+        tls = self._pool.tls or BackendTLSConfig()
+        return self.for_name(tls.server_name or host)
+
+    def for_name(self, name: str) -> Creator:
+        """The creator sending and verifying C{name}; raises L{ConfigError}."""
+        creator = self._creators.get(name)
+        if creator is None:
+            creator = self._creators[name] = _client_tls(self._pool, name, self._source)
+            if self._pool.tls is not None and not self._pool.tls.verify:
+                _log.warn(INSECURE_WARNING, server_name=name)
+        return creator
+
+    def check(self) -> None:
+        """Read the pool's TLS files now, so that a bad one is reported at start-up."""
+        tls = self._pool.tls
+        if tls is not None and (tls.ca_files or tls.client_cert):
+            hosts = [backend.host for backend in self._pool.backends] or ["localhost"]
+            build_client_tls(self._pool, tls.server_name or hosts[0], self._source)
 
 
 def build_balancer(pool: PoolConfig) -> IBalancer:
@@ -58,8 +226,12 @@ def build_balancer(pool: PoolConfig) -> IBalancer:
     return BALANCERS[pool.balance](**options)
 
 
-def build_backend(backend: BackendConfig) -> Backend:
-    """The L{Backend} C{backend} describes."""
+def build_backend(backend: BackendConfig, tls: Creator | None = None) -> Backend:
+    """
+    The L{Backend} C{backend} describes.
+
+    @param tls: the client TLS of an C{https} backend (see L{build_client_tls}).
+    """
     return Backend(
         backend.name,
         backend.host,
@@ -68,21 +240,42 @@ def build_backend(backend: BackendConfig) -> Backend:
         backend.backup,
         max_connections=backend.max_connections,
         ports=dict(backend.ports),
+        tls=tls,
     )
 
 
-def build_pool(pool: PoolConfig, clock: IReactorTime | None = None) -> BackendPool:
+def _backend_tls(pool: PoolConfig, source: str) -> dict[str, Creator | None]:
+    """
+    The client TLS of each of C{pool}'s backends, by name: one creator per server name, shared
+    by the backends with that name and reused by their pooled connections; L{None} for plain
+    backends.
+    """
+    creators = _ClientTLSCache(pool, source)
+    creators.check()
+    return {
+        backend.name: creators.for_host(backend.host) if backend.scheme == "https" else None
+        for backend in pool.backends
+    }
+
+
+def build_pool(
+    pool: PoolConfig, clock: IReactorTime | None = None, source: str = DEFAULT_SOURCE
+) -> BackendPool:
     """
     A L{BackendPool} with the backends of C{pool}, in order, and its balancing, stickiness,
-    passive health, slow start, queue and retry settings.
+    passive health, slow start, queue and retry settings; C{https} backends get their client
+    TLS (L{Backend.tls}), and a warning is logged for those not verified.
 
     @param clock: times ejections, slow starts, queues and sticky tables; L{None} for the
         global reactor.
+    @param source: the configuration file, for errors.
+    @raise ConfigError: a file of C{[pool.NAME.tls]} is unusable.
     """
     passive = pool.passive
+    tls = _backend_tls(pool, source)
     return BackendPool(
         pool.name,
-        [build_backend(backend) for backend in pool.backends],
+        [build_backend(backend, tls[backend.name]) for backend in pool.backends],
         build_balancer(pool),
         clock=clock,
         stickiness=None if pool.sticky is None else make_stickiness(pool.sticky, clock),
@@ -107,43 +300,109 @@ def build_pools(config: Config, clock: IReactorTime | None = None) -> dict[str, 
     its object, so balancing and backend state are the same whichever listener a request or
     connection arrives on.
     """
-    return {pool.name: build_pool(pool, clock) for pool in config.pools}
+    return {pool.name: build_pool(pool, clock, config.source) for pool in config.pools}
 
 
-def build_monitor(health: HealthConfig, reactor: Any) -> IHealthMonitor:
-    """The L{IHealthMonitor} of the kind C{health.kind} names."""
+@implementer(IHealthMonitor)
+class PerBackendMonitor:
+    """
+    Probes each backend with the client TLS it needs, by a monitor made for that TLS.
+
+    @ivar creator_for: the client TLS for a backend (L{None} for none); may raise.
+    @ivar make: a monitor using the given client TLS; made once per distinct one.
+    """
+
+    def __init__(
+        self,
+        creator_for: Callable[[Backend], Creator | None],
+        make: Callable[[Creator | None], IHealthMonitor],
+    ) -> None:
+        self.creator_for = creator_for
+        self.make = make
+        # Keyed by identity; the creator is kept so that its id is not reused.
+        self._monitors: dict[int, tuple[Creator | None, IHealthMonitor]] = {}
+
+    def check(self, backend: Backend) -> Deferred[None]:
+        try:
+            creator = self.creator_for(backend)
+        except ConfigError as error:
+            return fail(error)
+        entry = self._monitors.get(id(creator))
+        if entry is None:
+            entry = self._monitors[id(creator)] = (creator, self.make(creator))
+        result: Deferred[None] = entry[1].check(backend)
+        return result
+
+
+def build_monitor(
+    health: HealthConfig,
+    reactor: Any,
+    pool: PoolConfig | None = None,
+    source: str = DEFAULT_SOURCE,
+) -> IHealthMonitor:
+    """
+    The L{IHealthMonitor} of the kind C{health.kind} names.
+
+    With C{pool}, the C{tls} kind uses the client TLS of C{[pool.NAME.tls]} (verification, CAs,
+    client certificate; C{health.server_name}, else the pool's, else the backend's host is
+    verified) and reuses an C{https} backend's own; the C{http} kind speaks HTTPS, with the
+    backend's client TLS, to C{https} backends.
+    """
     if health.kind == "http":
         assert health.expect_status is not None
         low, high = health.expect_status
-        return HTTPMonitor(
-            reactor,
-            path=health.path or "/",
-            method=health.method or "GET",
-            host=health.host,
-            # attrs' mypy plugin leaves frozenset's type variable unbound in the converter.
-            expect_status=range(low, high + 1),  # type: ignore[arg-type]
-            body_regex=health.body_regex,
-        )
+
+        def http_monitor(creator: Creator | None = None) -> HTTPMonitor:
+            return HTTPMonitor(
+                reactor,
+                path=health.path or "/",
+                method=health.method or "GET",
+                host=health.host,
+                # attrs' mypy plugin leaves frozenset's type variable unbound in the converter.
+                expect_status=range(low, high + 1),  # type: ignore[arg-type]
+                body_regex=health.body_regex,
+                scheme="http" if creator is None else "https",
+                tls_options=creator,
+            )
+
+        if pool is None or all(backend.scheme == "http" for backend in pool.backends):
+            return http_monitor()
+        return PerBackendMonitor(lambda backend: cast(Creator | None, backend.tls), http_monitor)
     if health.kind == "tls":
-        return TLSMonitor(reactor, server_name=health.server_name)
+        if pool is None:
+            return TLSMonitor(reactor, server_name=health.server_name)
+        creators = _ClientTLSCache(pool, source)
+        creators.check()
+        server_name = health.server_name
+
+        def tls_for(backend: Backend) -> Creator:
+            if server_name is not None:
+                return creators.for_name(server_name)
+            if backend.tls is not None:
+                return cast(Creator, backend.tls)
+            return creators.for_host(backend.host)
+
+        return PerBackendMonitor(tls_for, lambda creator: TLSMonitor(reactor, tls_options=creator))
     if health.kind == "ftp":
         return FTPMonitor(reactor, user=health.user, password=health.password)
     return TCPMonitor(reactor)
 
 
 def build_health_checker(
-    config: PoolConfig, pool: BackendPool, reactor: Any
+    config: PoolConfig, pool: BackendPool, reactor: Any, source: str = DEFAULT_SOURCE
 ) -> HealthChecker | None:
     """
     The service probing C{pool}'s backends as C{config.health} says, named C{health:NAME};
     L{None} without a health table.
+
+    @raise ConfigError: a file of C{[pool.NAME.tls]} is unusable.
     """
     health = config.health
     if health is None:
         return None
     checker = HealthChecker(
         pool,
-        build_monitor(health, reactor),
+        build_monitor(health, reactor, config, source),
         reactor,
         interval=health.interval,
         timeout=health.timeout,
@@ -253,29 +512,59 @@ def build_tcp_factory(
     )
 
 
+def check_files(config: Config) -> None:
+    """
+    Read every file C{config} names that is only read when the service is built (the
+    certificates, keys and CAs of C{https} listeners and of C{[pool.NAME.tls]}), as
+    C{--check-config} does, without starting anything.
+
+    @raise ConfigError: the first unusable file, naming its key.
+    """
+    for index, listener in enumerate(config.listeners):
+        if listener.tls is not None:
+            build_server_tls(listener, f"listener[{index}]", config.source)
+    for pool in config.pools:
+        _backend_tls(pool, config.source)
+
+
 def build_service(config: Config, reactor: Any, resolver: IResolver | None = None) -> MultiService:
     """
     Everything C{config} describes: a L{HealthChecker} (C{health:POOL}) and a L{DNSMembership}
     (C{dns:POOL}) for each pool that has one, then a L{StreamServerEndpointService} per
-    listener, named after it, serving an L{HTTPProxyFactory} with that listener's routes or a
-    L{TCPProxyFactory} relaying to its pool.  Listeners share the pools, the access log and the
-    idle backend connections.
+    listener, named after it, serving an L{HTTPProxyFactory} with that listener's routes (for
+    C{https}, inside a C{TLSMemoryBIOFactory} with the listener's L{ServerTLS}), an
+    L{HTTPSRedirectFactory} (C{redirect_to_https}) or a L{TCPProxyFactory} relaying to its
+    pool.  Listeners share the pools, the access log and the idle backend connections.
 
-    @param reactor: provides TCP, time and whatever the listeners' endpoints need.
+    C{https} listeners also get a service reloading their certificates when the files change
+    (C{tls-watch:LISTENER}, unless C{reload_interval} is 0) and, all together, one reloading
+    them on SIGHUP (C{tls-sighup}).
+
+    @param reactor: provides TCP, time and whatever the listeners' endpoints need; its time is
+        the one certificates' expiry is checked against.
     @param resolver: where pools with a C{dns} table look names up; by default
         C{twisted.names.client.createResolver()} (the system's configuration), made only when
         some pool needs it.
     @raise ConfigError: something the configuration names cannot be set up (the access log
-        file cannot be opened, a listener's protocol is not supported).
+        file cannot be opened, a certificate, key or CA file is missing or unusable, a
+        listener's protocol is not supported).
     """
     top = MultiService()
+    server_tls_list: list[ServerTLS] = []
+    server_tls_by_listener: dict[int, ServerTLS] = {}
+    for index, listener in enumerate(config.listeners):
+        if listener.tls is not None:
+            # Before anything is opened: a bad certificate is the likeliest mistake.
+            server_tls = build_server_tls(listener, f"listener[{index}]", config.source, reactor)
+            server_tls_by_listener[index] = server_tls
+            server_tls_list.append(server_tls)
     access_log = open_access_log(config)
     if access_log is not None:
         _AccessLogCloser(access_log).setServiceParent(top)
     pools = build_pools(config, reactor)
     for pool_config in config.pools:
         pool = pools[pool_config.name]
-        checker = build_health_checker(pool_config, pool, reactor)
+        checker = build_health_checker(pool_config, pool, reactor, config.source)
         if checker is not None:
             checker.setServiceParent(top)
         if pool_config.dns is not None:
@@ -288,10 +577,18 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
             membership.setServiceParent(top)
     connections = BackendConnections(reactor, reactor, config.proxy.timeouts, config.proxy.limits)
     for index, listener in enumerate(config.listeners):
-        factory: HTTPProxyFactory | TCPProxyFactory
+        factory: IProtocolFactory
         if listener.protocol == "tcp":
             factory = build_tcp_factory(config, listener, pools, reactor)
+        elif listener.redirect_to_https is not None:
+            factory = HTTPSRedirectFactory(
+                reactor,
+                listener.redirect_to_https,
+                limits=config.proxy.limits,
+                timeout=config.proxy.timeouts.client_header,
+            )
         elif listener.protocol in HTTP_PROTOCOLS:
+            tls = listener.tls
             factory = HTTPProxyFactory(
                 reactor,
                 build_router(config, listener, pools),
@@ -299,7 +596,16 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
                 scheme=listener.protocol,
                 access_log=access_log,
                 connections=connections,
+                client_cert_headers=tls is not None and tls.client_certs != "none",
+                hsts=None if tls is None else tls.hsts,
             )
+            if tls is not None:
+                server_tls = server_tls_by_listener[index]
+                factory = TLSMemoryBIOFactory(server_tls, False, factory)
+                if tls.reload_interval > 0:
+                    watcher = server_tls.watch(tls.reload_interval)
+                    watcher.setName(f"tls-watch:{listener.name}")
+                    watcher.setServiceParent(top)
         else:
             raise ConfigError(
                 config.source,
@@ -311,4 +617,8 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
         )
         listening.setName(listener.name)
         listening.setServiceParent(top)
+    if server_tls_list:
+        sighup = SighupReloadService(server_tls_list, reactor)
+        sighup.setName("tls-sighup")
+        sighup.setServiceParent(top)
     return top

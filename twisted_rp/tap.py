@@ -140,8 +140,10 @@ class Options(usage.Options):
         """
         Print the verdict on the file at C{path} and end the process.
         """
+        from twisted_rp.service import check_files
+
         try:
-            load_config(path)
+            check_files(load_config(path))
         except ConfigError as error:
             print(error, file=sys.stderr)
             sys.exit(1)
@@ -177,4 +179,10 @@ def makeService(options: Options) -> IService:
     from twisted_rp.service import build_service
 
     config = options.quick if options.quick is not None else load_or_exit(options["config"])
-    return build_service(config, reactor)
+    try:
+        return build_service(config, reactor)
+    except ConfigError as error:
+        # Problems found only when building (a certificate file, an access log file) end the
+        # process like a bad file does: one line, status 1, no traceback.
+        print(error, file=sys.stderr)
+        raise SystemExit(1) from None

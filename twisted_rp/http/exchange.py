@@ -83,11 +83,10 @@ def _tls_failure(reason: Failure) -> str | None:
         wanted = ", ".join(n for n in names if n) or "the expected name"
         return f"TLS: the backend's certificate is not valid for {wanted}"
     if reason.check(SSL.Error):
-        details = (
-            [part for error in reason.value.args[0] for part in error if part]
-            if reason.value.args and isinstance(reason.value.args[0], list)
-            else []
-        )
+        # pyOpenSSL's errors are a list of (library, function, reason) triples.
+        args = getattr(reason.value, "args", ())
+        triples = args[0] if args and isinstance(args[0], list) else []
+        details = [part for triple in triples for part in triple if part]
         return f"TLS handshake with the backend failed: {'; '.join(details) or reason.value}"
     return None
 
