@@ -21,6 +21,8 @@ from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
+from twisted_rp.addresses import address_ip
+
 #: The first 12 bytes of every version 2 header.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -63,22 +65,6 @@ class ProxyHeader:
     local: bool = False
     source: IPv4Address | IPv6Address | None = None
     destination: IPv4Address | IPv6Address | None = None
-
-
-def address_ip(address: IAddress | None) -> _IP | None:
-    """
-    The IP address of C{address}, an IPv4-mapped IPv6 address as IPv4 (so that a dual-stack
-    listener sees IPv4 clients as such); L{None} when it is not an IP address.
-    """
-    if not isinstance(address, IPv4Address | IPv6Address):
-        return None
-    try:
-        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _ip_pair(source: IAddress | None, destination: IAddress | None) -> tuple[_IP, _IP] | None:

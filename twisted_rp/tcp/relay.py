@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_rp.addresses import address_ip
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
     Backend,
@@ -52,7 +53,7 @@ from twisted_rp.pool.backend import (
     StickyResponse,
 )
 from twisted_rp.sendnow import writer_for
-from twisted_rp.tcp.proxyprotocol import address_ip, encode_v1, encode_v2, parse
+from twisted_rp.tcp.proxyprotocol import encode_v1, encode_v2, parse
 
 #: The values C{send_proxy} accepts.
 SEND_PROXY_VERSIONS = (None, "v1", "v2")
