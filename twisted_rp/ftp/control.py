@@ -9,7 +9,7 @@ C{PORT}, C{EPRT}), whose data connections the proxy opens and splices itself
 (L{twisted_rp.ftp.data}).
 
 The client's control connection is only ever written through C{self.transport}, so that a
-later C{AUTH TLS} can swap it for a TLS transport in place.
+later C{AUTH TLS} can swap it for a TLS transport in place (L{twisted_rp.ftp.tls}).
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,8 +43,11 @@ from twisted_rp.ftp.replies import (
     Reply,
     parse_command,
 )
+from twisted_rp.ftp.tls import BACKEND_TLS_MODES, TLS_COMMANDS, FrontTLSMixin
 from twisted_rp.ftp.transfer import TransferMixin
 from twisted_rp.interfaces import IBackendPool
+from twisted_rp.pool.backend import Backend
+from twisted_rp.tls import ServerTLS
 
 BACKEND_PASSIVE_MODES = ("epsv", "pasv")
 
@@ -66,6 +75,16 @@ class FTPProxyFactory(ServerFactory):
         C{"pasv"}: how the proxy asks backends for data connections.
     @ivar show_backend_features: list the backend's C{FEAT} (less what the proxy cannot
         relay) rather than the proxy's minimal set.
+    @ivar tls: FTPS toward clients: C{AUTH TLS} (and data connections after C{PROT P}) use
+        it; L{None} for plain FTP only (C{AUTH} is answered C{502}).
+    @ivar implicit: implicit FTPS (port 990 style): TLS from the first byte, and data
+        connections protected unless the client says C{PROT C}.  Needs C{tls}.
+    @ivar require_tls: refuse C{USER} and C{PASS} (C{534}) until the client has said
+        C{AUTH TLS}.  Needs C{tls}.
+    @ivar backend_tls: C{"none"}, C{"explicit"} (C{AUTH TLS} after the greeting) or
+        C{"implicit"} (TLS from the first byte): FTPS toward backends, always with C{PROT P}.
+    @ivar backend_tls_creator: the client TLS for backends (L{twisted_rp.tls.client_tls})
+        when a backend has none of its own (L{Backend.tls}).
     @ivar sessions: open sessions by client IP.
     """
 
@@ -86,12 +105,22 @@ class FTPProxyFactory(ServerFactory):
         max_sessions_per_ip: int = 0,
         backend_passive: str = "epsv",
         show_backend_features: bool = False,
+        tls: ServerTLS | None = None,
+        implicit: bool = False,
+        require_tls: bool = False,
+        backend_tls: str = "none",
+        backend_tls_creator: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         """
-        @raise ValueError: for a timeout, limit, port or mode out of range.
+        @raise ValueError: for a timeout, limit, port or mode out of range, or a TLS policy
+            without C{tls}.
         """
         if backend_passive not in BACKEND_PASSIVE_MODES:
             raise ValueError(f"backend_passive must be one of {BACKEND_PASSIVE_MODES}")
+        if backend_tls not in BACKEND_TLS_MODES:
+            raise ValueError(f"backend_tls must be one of {BACKEND_TLS_MODES}")
+        if (implicit or require_tls) and tls is None:
+            raise ValueError("implicit and require_tls need tls (the server certificate)")
         if idle_timeout < 0 or data_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be positive (idle_timeout 0 for none)")
         if max_sessions_per_ip < 0:
@@ -114,11 +143,23 @@ class FTPProxyFactory(ServerFactory):
         self.max_sessions_per_ip = max_sessions_per_ip
         self.backend_passive = backend_passive
         self.show_backend_features = show_backend_features
+        self.tls = tls
+        self.implicit = implicit
+        self.require_tls = require_tls
+        self.backend_tls = backend_tls
+        self.backend_tls_creator = backend_tls_creator
         self.sessions: dict[str, int] = {}
         self._next_passive = 0
 
     def buildProtocol(self, addr: IAddress | None) -> FTPSession:  # type: ignore[override]
         return FTPSession(self)
+
+    def backend_creator(self, backend: Backend) -> IOpenSSLClientConnectionCreator | None:
+        """The client TLS for C{backend}: its own, else L{backend_tls_creator}."""
+        own = backend.tls
+        if own is not None:
+            return own  # type: ignore[return-value]
+        return self.backend_tls_creator
 
     def passive_port_candidates(self) -> Iterator[int]:
         """The passive ports to try for the next listener, starting after the last one."""
@@ -143,7 +184,7 @@ class FTPProxyFactory(ServerFactory):
             self.sessions.pop(client_ip, None)
 
 
-class FTPSession(TransferMixin, LoginMixin, Protocol):
+class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
     """
     One client's control connection, and its session with a backend.
 
@@ -170,6 +211,7 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
         self._last_activity = 0.0
         self._init_login()
         self._init_transfer()
+        self._init_tls()
 
     # Connection
 
@@ -189,6 +231,8 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
             return
         self._counted = True
         self._set_oob_inline()
+        if factory.implicit:
+            self.start_implicit_tls()
         self.send_reply(Reply.of(220, *(factory.banner.splitlines() or [""])))
         self._last_activity = factory.clock.seconds()
         if factory.idle_timeout > 0:
@@ -233,8 +277,11 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
     # Reading commands
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tls_pending:
+            # Sent after AUTH TLS, before the handshake: dropped, never run as if protected.
+            return
         self._buffer += data
-        while not self._closed:
+        while not self._closed and not self.tls_pending:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_COMMAND_LINE:
@@ -263,6 +310,9 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
             # Not queued behind the transfer it is meant to stop.
             self.abort_transfer(command)
             return
+        if self.accepts_auth(command):
+            self.tls_pending = True
+            self._buffer = b""
         self._queue.append(command)
         if len(self._queue) >= _QUEUE_HIGH and not self._paused:
             self._paused = True
@@ -282,7 +332,12 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
 
     def _dispatch(self, command: Command) -> None:
         verb = command.verb
-        if verb in ("USER", "PASS") and not self.logged_in:
+        refusal = self.tls_refuses(command)
+        if refusal is not None:
+            self.send_reply(refusal)
+        elif verb in TLS_COMMANDS:
+            self.tls_command(command)
+        elif verb in ("USER", "PASS") and not self.logged_in:
             self.run(self.login_command(command))
         elif self.backend is None:
             self._answer_locally(command)
@@ -295,8 +350,6 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
         elif verb == "QUIT":
             self._quitting = True
             self.relay(command)
-        elif verb in ("AUTH", "PBSZ", "PROT", "CCC"):
-            self.send_reply(Reply.of(502, "Command not implemented."))
         else:
             self.relay(command)
 
@@ -312,8 +365,6 @@ class FTPSession(TransferMixin, LoginMixin, Protocol):
             self.send_reply(Reply.of(200, "NOOP ok."))
         elif verb == "OPTS" and command.argument.upper().split() == ["UTF8", "ON"]:
             self.send_reply(Reply.of(200, "Always in UTF8 mode."))
-        elif verb in ("AUTH", "PBSZ", "PROT", "CCC"):
-            self.send_reply(Reply.of(502, "Command not implemented."))
         else:
             self.send_reply(Reply.of(530, "Please login with USER and PASS."))
 

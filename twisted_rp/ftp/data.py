@@ -5,7 +5,9 @@ clients, and the splice between the two legs of one transfer.
 A L{DataChannel} has two legs, the client's and the backend's.  Each leg's reads are paused
 from the moment it connects until the other leg is there too; then each transport becomes the
 other's streaming producer, so a slow reader slows the writer down and nothing piles up in the
-proxy.  A leg's end (FTP marks the end of a file by closing the data connection) closes the
+proxy.  A TLS leg (FTPS, L{LegTLS}) counts as there once its handshake is done; what it decrypts
+before the splice (one read at most: it is paused then) is kept and passed on first.  A leg's
+end (FTP marks the end of a file by closing the data connection) closes the
 other once what it holds is flushed; the channel is finished when both are closed.
 """
 
@@ -16,12 +18,14 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, NotConnectingError
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
     IDelayedCall,
+    IHandshakeListener,
     IListeningPort,
     IReactorTCP,
     IReactorTime,
@@ -29,6 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_rp.addresses import address_ip
 from twisted_rp.sendnow import writer_for
@@ -39,28 +44,75 @@ CLIENT = "client"
 BACKEND = "backend"
 
 
+@frozen
+class LegTLS:
+    """
+    TLS on a data leg.
+
+    @ivar creator: an C{IOpenSSLServerConnectionCreator} or C{IOpenSSLClientConnectionCreator}
+        (or a context factory): whatever C{ITLSTransport.startTLS} takes.
+    @ivar client: whether the proxy is the TLS client on this leg (toward backends), whichever
+        end opened the TCP connection.
+    """
+
+    creator: object
+    client: bool
+
+
+@implementer(IHandshakeListener)
 class DataLeg(Protocol):
-    """One data connection (to the client or to the backend) of a L{DataChannel}."""
+    """
+    One data connection (to the client or to the backend) of a L{DataChannel}.
+
+    @ivar ready: connected and, for TLS, through the handshake: ready to be spliced.
+    @ivar pending: what arrived before the splice (a TLS leg only).
+    """
 
     transport: Any
+    dialed = False
 
-    def __init__(self, channel: DataChannel, side: str) -> None:
+    def __init__(self, channel: DataChannel, side: str, tls: LegTLS | None = None) -> None:
         self.channel = channel
         self.side = side
+        self.tls = tls
         self.connected_leg = False
+        self.ready = False
         self.lost = False
+        self.pending: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.connected_leg = True
-        # Nothing is read before the other leg can take it.
-        self.transport.pauseProducing()
+        if self.tls is None:
+            # Nothing is read before the other leg can take it.
+            self.transport.pauseProducing()
+            self.ready = True
+        else:
+            # "normal" means the TLS roles follow the TCP ones (the dialer is the TLS client).
+            self.transport.startTLS(self.tls.creator, self.dialed == self.tls.client)
         self.channel.leg_connected(self)
 
+    def handshakeCompleted(self) -> None:
+        if self.lost or self.ready:
+            return
+        self.transport.pauseProducing()
+        self.ready = True
+        self.channel.leg_ready(self)
+
     def dataReceived(self, data: bytes) -> None:
+        if not self.channel.spliced:
+            self.pending.append(data)
+            self.transport.pauseProducing()
+            return
         self.channel.leg_data(self, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
+        if self.tls is not None and not self.ready:
+            log.info(
+                "FTP: TLS on the {side} data connection failed: {reason}",
+                side=self.side,
+                reason=reason.value,
+            )
         self.channel.leg_lost(self)
 
 
@@ -109,9 +161,9 @@ class DataChannel:
         else:
             self._on_finished.append(callback)
 
-    def leg(self, side: str) -> DataLeg:
-        """A new, unconnected leg for C{side} (L{CLIENT} or L{BACKEND})."""
-        return DataLeg(self, side)
+    def leg(self, side: str, tls: LegTLS | None = None) -> DataLeg:
+        """A new, unconnected leg for C{side} (L{CLIENT} or L{BACKEND}), with C{tls} if given."""
+        return DataLeg(self, side, tls)
 
     # Opening legs
 
@@ -122,15 +174,17 @@ class DataChannel:
         ports: Iterable[int],
         allowed_ip: str,
         timeout: float,
+        tls: LegTLS | None = None,
     ) -> int:
         """
         Listen for the client's leg on the first free port of C{ports} on C{interface},
         accepting only C{allowed_ip}; stop listening after C{timeout} seconds unused.
 
+        @param tls: TLS for the leg (FTPS C{PROT P}).
         @return: the port number listened on.
         @raise CannotListenError: no port of C{ports} is free.
         """
-        listener = PassiveListener(self, allowed_ip)
+        listener = PassiveListener(self, allowed_ip, tls)
         listener.listen(reactor, interface, ports)
         self._listener = listener
         listener.timer = self.clock.callLater(timeout, self._listen_timed_out)
@@ -144,13 +198,16 @@ class DataChannel:
         port: int,
         timeout: float,
         bind: str | None = None,
+        tls: LegTLS | None = None,
     ) -> Deferred[DataLeg]:
         """
         Connect C{side}'s leg to C{host}:C{port}, from address C{bind} if given.
 
-        @return: a L{Deferred} firing with the connected leg or failing with the reason.
+        @param tls: TLS for the leg; its handshake goes on after the L{Deferred} fires.
+        @return: a L{Deferred} firing with the leg once TCP is connected, or failing with the
+            reason.
         """
-        dial = _Dial(self, side)
+        dial = _Dial(self, side, tls)
         self._dials.append(dial)
         bind_address = None if bind is None else (bind, 0)
         dial.connector = reactor.connectTCP(
@@ -173,7 +230,7 @@ class DataChannel:
     # Legs reporting
 
     def leg_connected(self, leg: DataLeg) -> None:
-        """C{leg} connected: keep it, and splice once both legs are there."""
+        """C{leg} connected: keep it, and splice once both legs are ready."""
         if self.finished or self._closing:
             leg.transport.abortConnection()
             return
@@ -182,8 +239,23 @@ class DataChannel:
             self._stop_listening()
         else:
             self.backend_leg = leg
-        if self.client_leg is not None and self.backend_leg is not None:
-            self._splice(self.client_leg, self.backend_leg)
+        if not leg.ready and self._timer is None and self.idle_timeout > 0:
+            # A TLS handshake that never ends must not hold the transfer forever.
+            self._last_activity = self.clock.seconds()
+            self._timer = self.clock.callLater(self.idle_timeout, self._check_idle)
+        self._maybe_splice()
+
+    def leg_ready(self, leg: DataLeg) -> None:
+        """C{leg}'s TLS handshake is done: splice if the other leg is ready too."""
+        if not (self.finished or self._closing):
+            self._maybe_splice()
+
+    def _maybe_splice(self) -> None:
+        client, backend = self.client_leg, self.backend_leg
+        if client is None or backend is None or self.spliced:
+            return
+        if client.ready and backend.ready:
+            self._splice(client, backend)
 
     def _splice(self, client: DataLeg, backend: DataLeg) -> None:
         self.spliced = True
@@ -191,8 +263,12 @@ class DataChannel:
         backend.transport.registerProducer(client.transport, True)
         client.transport.registerProducer(backend.transport, True)
         self._last_activity = self.clock.seconds()
-        if self.idle_timeout > 0:
+        if self.idle_timeout > 0 and self._timer is None:
             self._timer = self.clock.callLater(self.idle_timeout, self._check_idle)
+        for leg in (client, backend):
+            pending, leg.pending = leg.pending, []
+            for data in pending:
+                self.leg_data(leg, data)
         client.transport.resumeProducing()
         backend.transport.resumeProducing()
 
@@ -279,8 +355,9 @@ class PassiveListener(ServerFactory):
 
     noisy = False
 
-    def __init__(self, channel: DataChannel, allowed_ip: str) -> None:
+    def __init__(self, channel: DataChannel, allowed_ip: str, tls: LegTLS | None = None) -> None:
         self.channel = channel
+        self.tls = tls
         self.allowed_ip = ipaddress.ip_address(allowed_ip)
         self.port: IListeningPort | None = None
         self.port_number = 0
@@ -309,7 +386,7 @@ class PassiveListener(ServerFactory):
             )
             return None
         self.accepted = True
-        return self.channel.leg(CLIENT)
+        return self.channel.leg(CLIENT, self.tls)
 
     def stop(self) -> None:
         """Stop listening and the timeout."""
@@ -326,9 +403,10 @@ class _Dial(ClientFactory):
 
     noisy = False
 
-    def __init__(self, channel: DataChannel, side: str) -> None:
+    def __init__(self, channel: DataChannel, side: str, tls: LegTLS | None = None) -> None:
         self.channel = channel
         self.side = side
+        self.tls = tls
         self.connector: IConnector | None = None
         self.deferred: Deferred[DataLeg] = Deferred(lambda d: self.cancel())
 
@@ -339,7 +417,7 @@ class _Dial(ClientFactory):
                 self.connector.stopConnecting()
 
     def buildProtocol(self, addr: IAddress | None) -> DataLeg:
-        leg = _DialedLeg(self.channel, self.side)
+        leg = _DialedLeg(self.channel, self.side, self.tls)
         leg.dial = self
         return leg
 
@@ -350,6 +428,7 @@ class _Dial(ClientFactory):
 
 class _DialedLeg(DataLeg):
     dial: _Dial
+    dialed = True
 
     def connectionMade(self) -> None:
         super().connectionMade()

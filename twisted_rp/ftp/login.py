@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rp.ftp.replies import Command, Reply, feat_reply, feature_lines
+from twisted_rp.ftp.tls import TLS_FEATURES
 from twisted_rp.ftp.upstream import BackendControl, BackendGone, dial_backend
 from twisted_rp.pool.backend import Lease, NoBackendAvailable, Outcome, PickContext, StickyResponse
 
@@ -26,7 +28,8 @@ log = Logger()
 PROXY_FEATURES = ("EPRT", "EPSV", "MDTM", "PASV", "REST STREAM", "SIZE", "UTF8")
 #: Backend features relayed after login: ones that reveal nothing and that the proxy passes on.
 RELAYED_FEATURES = ("MDTM", "MLST", "REST", "SIZE", "TVFS", "UTF8", "LANG")
-#: Never listed: the proxy answers these itself, or (TLS) does not relay them yet.
+#: Never listed from a backend: the proxy answers these itself (TLS ones only when it offers
+#: FTPS, see L{TLS_FEATURES}).
 _OWN_FEATURES = ("AUTH", "PBSZ", "PROT", "CCC", "EPRT", "EPSV", "PASV", "LPSV", "LPRT")
 
 
@@ -170,9 +173,17 @@ class LoginMixin:
     async def _try_backend(self, lease: Lease) -> tuple[BackendControl, Reply]:
         factory = self.factory
         backend = lease.backend
+        mode = factory.backend_tls
+        creator = factory.backend_creator(backend)
+        if mode != "none" and creator is None:
+            raise _Failed("connect_failed", f"backend_tls {mode!r} but no client TLS configured")
         try:
             control = await dial_backend(
-                factory.reactor, backend.host, backend.port_for("ftp"), factory.connect_timeout
+                factory.reactor,
+                backend.host,
+                backend.port_for("ftp"),
+                factory.connect_timeout,
+                tls=creator if mode == "implicit" else None,
             )
         except Exception as error:
             raise _Failed("connect_failed", f"connect: {error}") from error
@@ -180,6 +191,10 @@ class LoginMixin:
             greeting = await control.greeting.addTimeout(factory.connect_timeout, factory.clock)
             if greeting.code != 220:
                 raise _Failed("bad_response", f"greeting {greeting.text[:80]!r}")
+            if mode != "none":
+                assert creator is not None
+                securing = Deferred.fromCoroutine(_secure_backend(control, creator, mode))
+                await securing.addTimeout(factory.connect_timeout, factory.clock)
             reply = greeting
             for command in self._login_commands:
                 reply = await control.ask(command)
@@ -189,13 +204,19 @@ class LoginMixin:
                     break
         except DeferredTimeout as error:
             control.transport.abortConnection()
-            raise _Failed("timeout", "no greeting in time") from error
+            raise _Failed("timeout", "no greeting (or TLS set-up) in time") from error
         except BackendGone as error:
             raise _Failed("bad_response", str(error)) from error
         except _Failed:
             control.transport.abortConnection()
             raise
         return control, reply
+
+    def reset_login(self) -> None:
+        """Forget the login in progress (C{USER} sent, no C{230} yet) and its backend."""
+        self._login_commands = []
+        self.user = None
+        self.end_backend("ok")
 
     def _backend_lost(self, reason: Failure) -> None:
         if self.logged_in:
@@ -218,7 +239,10 @@ class LoginMixin:
 
     def proxy_features(self) -> Reply:
         """The C{FEAT} reply the proxy gives before a backend is chosen."""
-        return feat_reply(PROXY_FEATURES)
+        return feat_reply(self._tls_features() + list(PROXY_FEATURES))
+
+    def _tls_features(self) -> list[str]:
+        return list(TLS_FEATURES) if self.factory.tls is not None else []
 
     async def features(self) -> None:
         """Answer C{FEAT} from the backend's list, filtered (see L{RELAYED_FEATURES})."""
@@ -233,7 +257,7 @@ class LoginMixin:
 
     def filter_features(self, backend_features: list[str]) -> list[str]:
         """The features to list given the backend's."""
-        listed = ["EPRT", "EPSV", "PASV"]
+        listed = [*self._tls_features(), "EPRT", "EPSV", "PASV"]
         for feature in backend_features:
             name = feature.split(" ", 1)[0].upper()
             if name in _OWN_FEATURES:
@@ -241,6 +265,26 @@ class LoginMixin:
             if self.factory.show_backend_features or name in RELAYED_FEATURES:
                 listed.append(feature)
         return listed
+
+
+async def _secure_backend(
+    control: BackendControl, creator: IOpenSSLClientConnectionCreator, mode: str
+) -> None:
+    """
+    Make a backend session FTPS before login: C{AUTH TLS} and the handshake (explicit mode),
+    then C{PBSZ 0} and C{PROT P}, so that data connections are TLS too.
+
+    @raise _Failed: the backend refused; L{BackendGone} when it closed (a failed handshake).
+    """
+    if mode == "explicit":
+        reply = await control.ask(Command("AUTH", "TLS"))
+        if reply.code != 234:
+            raise _Failed("bad_response", f"AUTH TLS refused: {reply.text[:80]!r}")
+        control.start_tls(creator)
+    for command in (Command("PBSZ", "0"), Command("PROT", "P")):
+        reply = await control.ask(command)
+        if reply.code != 200:
+            raise _Failed("bad_response", f"{command.verb} refused: {reply.text[:80]!r}")
 
 
 __all__ = ["PROXY_FEATURES", "RELAYED_FEATURES", "LoginMixin"]

@@ -18,7 +18,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rp.ftp.data import BACKEND, CLIENT, DataChannel
+from twisted_rp.ftp.data import BACKEND, CLIENT, DataChannel, LegTLS
 from twisted_rp.ftp.replies import (
     Command,
     FTPSyntaxError,
@@ -81,6 +81,9 @@ class TransferMixin:
         raise NotImplementedError
 
     def new_channel(self) -> DataChannel:
+        raise NotImplementedError
+
+    def client_leg_tls(self) -> LegTLS | None:
         raise NotImplementedError
 
     def _init_transfer(self) -> None:
@@ -164,7 +167,12 @@ class TransferMixin:
         try:
             port = await self._backend_data_port()
             await channel.dial(
-                factory.reactor, BACKEND, backend_host, port, factory.connect_timeout
+                factory.reactor,
+                BACKEND,
+                backend_host,
+                port,
+                factory.connect_timeout,
+                tls=self._backend_leg_tls(),
             )
         except BackendGone:
             channel.close()
@@ -185,6 +193,7 @@ class TransferMixin:
                     factory.passive_port_candidates(),
                     self.client_ip,
                     factory.data_timeout,
+                    tls=self.client_leg_tls(),
                 )
             except CannotListenError as error:
                 channel.close()
@@ -199,6 +208,10 @@ class TransferMixin:
         else:
             self.send_reply(Reply.of(200, f"{command.verb} command successful."))
         self._channel, self._active_target = channel, active_target
+
+    def _backend_leg_tls(self) -> LegTLS | None:
+        backend = self.backend
+        return None if backend is None else backend.data_tls()
 
     async def _backend_data_port(self) -> int:
         """
@@ -267,6 +280,7 @@ class TransferMixin:
             port,
             self.factory.connect_timeout,
             bind=self.local_ip,
+            tls=self.client_leg_tls(),
         )
 
         def failed(reason: Failure) -> None:

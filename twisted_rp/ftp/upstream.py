@@ -15,12 +15,14 @@ from typing import Any
 from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.internet.error import NotConnectingError
-from twisted.internet.interfaces import IAddress, IConnector
+from twisted.internet.interfaces import IAddress, IConnector, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_rp.ftp.data import LegTLS
 from twisted_rp.ftp.replies import Command, Reply, ReplyError, ReplyReader
+from twisted_rp.ftp.tls import ResumingClientTLS, tls_session
 
 log = Logger()
 
@@ -46,6 +48,8 @@ class BackendControl(Protocol):
         refusing us), or fails with L{BackendGone}.
     @ivar on_unsolicited: called with a reply no command waits for (a backend's C{421}
         timeout notice), and with the failure when the connection is lost.
+    @ivar tls_creator: the client TLS creator of a control connection that is TLS (FTPS);
+        its data connections use it too (L{data_tls}).
     """
 
     transport: Any
@@ -58,6 +62,7 @@ class BackendControl(Protocol):
         self.on_unsolicited: Callable[[Reply], None] = lambda reply: None
         self.on_lost: Callable[[Failure], None] = lambda reason: None
         self.lost = False
+        self.tls_creator: IOpenSSLClientConnectionCreator | None = None
         self._dial: _BackendDial | None = None
 
     def _greeted(self, reply: Reply) -> None:
@@ -70,7 +75,24 @@ class BackendControl(Protocol):
 
     def connectionMade(self) -> None:
         if self._dial is not None:
+            if self._dial.tls is not None:
+                # Implicit FTPS: TLS from the first byte; the greeting comes through it.
+                self.start_tls(self._dial.tls)
             self._dial.connected(self)
+
+    def start_tls(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        """Switch the connection to TLS, as the client (after the backend's C{234})."""
+        self.transport.startTLS(creator)
+        self.tls_creator = creator
+
+    def data_tls(self) -> LegTLS | None:
+        """
+        TLS for a data connection to the backend: the control connection's creator, resuming
+        its session; L{None} when the control connection is not TLS.
+        """
+        if self.tls_creator is None:
+            return None
+        return LegTLS(ResumingClientTLS(self.tls_creator, tls_session(self.transport)), client=True)
 
     @property
     def waiting(self) -> int:
@@ -147,7 +169,8 @@ class BackendControl(Protocol):
 class _BackendDial(ClientFactory):
     noisy = False
 
-    def __init__(self) -> None:
+    def __init__(self, tls: IOpenSSLClientConnectionCreator | None = None) -> None:
+        self.tls = tls
         self.connector: IConnector | None = None
         self.deferred: Deferred[BackendControl] = Deferred(self._cancel)
 
@@ -172,13 +195,20 @@ class _BackendDial(ClientFactory):
             self.deferred.errback(reason)
 
 
-def dial_backend(reactor: Any, host: str, port: int, timeout: float) -> Deferred[BackendControl]:
+def dial_backend(
+    reactor: Any,
+    host: str,
+    port: int,
+    timeout: float,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+) -> Deferred[BackendControl]:
     """
     Open a control connection to C{host}:C{port}.
 
+    @param tls: TLS from the first byte (implicit FTPS) with this creator.
     @return: a cancellable L{Deferred} firing with the L{BackendControl} once connected
-        (its C{greeting} may still be on its way).
+        (its C{greeting} may still be on its way, after the TLS handshake if any).
     """
-    dial = _BackendDial()
+    dial = _BackendDial(tls)
     dial.connector = reactor.connectTCP(host, port, dial, timeout=timeout)
     return dial.deferred
