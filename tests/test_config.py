@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_rp.config import (
     Config,
     ConfigError,
+    FTPListenerConfig,
     ListenerConfig,
     ListenerTLSConfig,
     RouteConfig,
@@ -26,15 +27,22 @@ from twisted_rp.config_pools import (
     BackendConfig,
     BackendTLSConfig,
     DNSConfig,
+    FTPBackendsConfig,
     HealthConfig,
     PassiveConfig,
     PoolConfig,
     StickyConfig,
 )
+from twisted_rp.ftp import FTPProxyFactory
 from twisted_rp.pool import BackendPool, PassiveHealth
 from twisted_rp.pool.balancers import BALANCERS
 from twisted_rp.pool.health import HealthChecker
-from twisted_rp.pool.sticky import AppCookieStickiness, CookieStickiness, SourceIPStickiness
+from twisted_rp.pool.sticky import (
+    AppCookieStickiness,
+    CookieStickiness,
+    SourceIPStickiness,
+    UserStickiness,
+)
 from twisted_rp.settings import HeaderPolicy, Limits, LogSettings, ProxySettings, Timeouts
 from twisted_rp.tcp import TCPProxyFactory
 from twisted_rp.tls import MOZILLA_INTERMEDIATE_CIPHERS, CertificateFiles, ServerTLS
@@ -200,7 +208,14 @@ class LoadTests(SynchronousTestCase):
         """
         examples = sorted((REPOSITORY / "examples").glob("*.toml"))
         names = [path.name for path in examples]
-        for name in ("basic.toml", "multi-site.toml", "failover.toml", "tcp.toml", "https.toml"):
+        for name in (
+            "basic.toml",
+            "multi-site.toml",
+            "failover.toml",
+            "tcp.toml",
+            "https.toml",
+            "ftp.toml",
+        ):
             self.assertIn(name, names)
         for path in examples:
             config = load_config(str(path))
@@ -220,6 +235,35 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(
             tcp.pool("postgres").dns, DNSConfig("postgres.db.svc.cluster.local", 5432, "A", 10.0)
         )
+
+    def test_ftp_example(self) -> None:
+        """
+        The FTP example offers FTPS on its listener and keeps users on their backend.
+        """
+        config = load_config(str(REPOSITORY / "examples" / "ftp.toml"))
+        (listener,) = config.listeners
+        assert listener.ftp is not None and listener.tls is not None
+        self.assertEqual((listener.protocol, listener.pool), ("ftp", "files"))
+        self.assertEqual(listener.ftp.passive_ports, (50000, 50099))
+        self.assertTrue(listener.ftp.require_tls)
+        files = config.pool("files")
+        assert files.sticky is not None and files.health is not None
+        self.assertEqual((files.sticky.kind, files.health.kind), ("user", "ftp"))
+        self.assertEqual(config.routes, ())
+
+    def test_ftp_documentation_example(self) -> None:
+        """
+        The worked example of the FTP documentation is valid.
+        """
+        text = (REPOSITORY / "docs" / "ftp.rst").read_text()
+        match = re.search(r"\.\. code-block:: toml\n\n((?:   .*\n|\n)+)", text)
+        assert match is not None
+        config = parse("\n".join(line[3:] for line in match[1].splitlines()))
+        self.assertEqual([listener.protocol for listener in config.listeners], ["ftp", "ftp"])
+        implicit = config.listeners[1].ftp
+        assert implicit is not None
+        self.assertTrue(implicit.implicit)
+        self.assertEqual(config.pool("files").ftp, FTPBackendsConfig("explicit"))
 
     def test_documentation_example(self) -> None:
         """
@@ -315,7 +359,8 @@ class ErrorTests(SynchronousTestCase):
             self.assertError(text, "listener[0].endpoint")
 
     def test_bad_protocol(self) -> None:
-        error = self.assertError(self.replace('"http"', '"ftp"'), "listener[0].protocol")
+        error = self.assertError(self.replace('"http"', '"gopher"'), "listener[0].protocol")
+        self.assertIn("'gopher'", error.message)
         self.assertIn("'ftp'", error.message)
 
     def test_bad_cidr(self) -> None:
@@ -1298,7 +1343,7 @@ class HTTPSErrorTests(SynchronousTestCase):
         self.assertError(
             self.listener('pool = "web"\n'),
             "listener[0].pool",
-            "only used with protocol = \"tcp\", not 'https'",
+            'only used with protocol = "tcp" or "ftp", not \'https\'',
         )
         self.assertError(
             self.listener("redirect_to_https = 443\n"),
@@ -1373,3 +1418,348 @@ class HTTPSErrorTests(SynchronousTestCase):
         )
         self.assertError(MINIMAL + tls + "verfy = false\n", "pool.web.tls.verfy")
         self.assertError(MINIMAL.replace("[pool.web]\n", "[pool.web]\ntls = 1\n"), "pool.web.tls")
+
+
+FTP = """
+[[listener]]
+name = "files"
+protocol = "ftp"
+endpoint = "tcp:2121:interface=127.0.0.1"
+pool = "ftp"
+banner = "Example FTP\\nUploads only"
+passive_ports = [50000, 50099]
+masquerade_address = "203.0.113.10"
+idle_timeout = 600
+data_timeout = 30
+max_sessions_per_ip = 4
+backend_passive = "pasv"
+show_backend_features = true
+
+[[listener]]
+name = "files-tls"
+protocol = "ftp"
+endpoint = "tcp:990"
+pool = "ftp"
+certificates = [{ cert = "ftp.pem", key = "ftp.key" }]
+min_version = "TLSv1.3"
+reload_interval = 0
+implicit = true
+
+[pool.ftp]
+[[pool.ftp.backends]]
+address = "10.0.0.1:21"
+
+[[pool.ftp.backends]]
+address = "10.0.0.2:8000"
+ports = { ftp = 2121 }
+
+[pool.ftp.sticky]
+kind = "user"
+expiry = 7200
+
+[pool.ftp.health]
+kind = "ftp"
+user = "probe"
+password = "secret"
+
+[pool.ftp.ftp]
+tls = "explicit"
+
+[pool.ftp.tls]
+ca_files = ["internal-ca.pem"]
+server_name = "ftp.internal"
+"""
+
+MINIMAL_FTP = """
+[[listener]]
+name = "files"
+protocol = "ftp"
+endpoint = "tcp:2121"
+pool = "ftp"
+
+[pool.ftp]
+[[pool.ftp.backends]]
+address = "127.0.0.1:21"
+"""
+
+
+class FTPConfigTests(SynchronousTestCase):
+    """
+    C{ftp} listeners, C{[pool.NAME.ftp]} and C{user} stickiness.
+    """
+
+    def test_round_trip(self) -> None:
+        config = parse(FTP)
+        self.assertEqual(
+            config.listeners,
+            (
+                ListenerConfig(
+                    "files",
+                    "ftp",
+                    "tcp:2121:interface=127.0.0.1",
+                    pool="ftp",
+                    idle_timeout=600.0,
+                    ftp=FTPListenerConfig(
+                        banner="Example FTP\nUploads only",
+                        passive_ports=(50000, 50099),
+                        masquerade_address="203.0.113.10",
+                        data_timeout=30.0,
+                        max_sessions_per_ip=4,
+                        backend_passive="pasv",
+                        show_backend_features=True,
+                    ),
+                ),
+                ListenerConfig(
+                    "files-tls",
+                    "ftp",
+                    "tcp:990",
+                    pool="ftp",
+                    idle_timeout=FTPProxyFactory(
+                        MemoryReactorClock(), BackendPool("x", [])
+                    ).idle_timeout,
+                    tls=ListenerTLSConfig(
+                        certificates=(CertificateFiles("ftp.pem", "ftp.key"),),
+                        min_version="TLSv1.3",
+                        reload_interval=0.0,
+                    ),
+                    ftp=FTPListenerConfig(implicit=True),
+                ),
+            ),
+        )
+        ftp = config.pool("ftp")
+        self.assertEqual(ftp.sticky, StickyConfig("user", expiry=7200.0, max_entries=100_000))
+        self.assertEqual(ftp.ftp, FTPBackendsConfig(tls="explicit"))
+        self.assertEqual(ftp.health, HealthConfig("ftp", user="probe", password="secret"))
+        self.assertEqual(ftp.backends[1].ports, (("ftp", 2121),))
+        # FTP listeners need no routes.
+        self.assertEqual(config.routes, ())
+
+    def test_defaults_are_the_factorys(self) -> None:
+        config = parse(MINIMAL_FTP)
+        (listener,) = config.listeners
+        assert listener.ftp is not None
+        factory = FTPProxyFactory(MemoryReactorClock(), BackendPool("x", []))
+        ftp = listener.ftp
+        self.assertEqual(
+            (ftp.banner, ftp.passive_ports, ftp.masquerade_address, ftp.data_timeout),
+            (
+                factory.banner,
+                factory.passive_ports,
+                factory.masquerade_address,
+                factory.data_timeout,
+            ),
+        )
+        self.assertEqual(
+            (ftp.max_sessions_per_ip, ftp.backend_passive, ftp.show_backend_features),
+            (factory.max_sessions_per_ip, factory.backend_passive, factory.show_backend_features),
+        )
+        self.assertEqual(listener.idle_timeout, factory.idle_timeout)
+        self.assertEqual((ftp.implicit, ftp.require_tls, listener.tls), (False, False, None))
+        self.assertIsNone(config.pool("ftp").ftp)
+
+    def test_explicit_ftps(self) -> None:
+        certificates = 'certificates = [{ cert = "c.pem", key = "k.pem" }]\n'
+        text = MINIMAL_FTP.replace(
+            'pool = "ftp"\n', f'pool = "ftp"\n{certificates}require_tls = true\n', 1
+        )
+        (listener,) = parse(text).listeners
+        assert listener.ftp is not None and listener.tls is not None
+        self.assertEqual((listener.ftp.implicit, listener.ftp.require_tls), (False, True))
+        self.assertEqual(listener.tls.certificates, (CertificateFiles("c.pem", "k.pem"),))
+
+    def test_user_stickiness_defaults(self) -> None:
+        sticky = parse(MINIMAL_FTP + "[pool.ftp.sticky]\nkind = 'user'\n").pool("ftp").sticky
+        default = UserStickiness()
+        self.assertEqual(
+            sticky, StickyConfig("user", expiry=default.expiry, max_entries=default.max_entries)
+        )
+
+    def test_backend_tls_modes(self) -> None:
+        for mode in ("none", "explicit", "implicit"):
+            config = parse(MINIMAL_FTP + f"[pool.ftp.ftp]\ntls = {mode!r}\n")
+            self.assertEqual(config.pool("ftp").ftp, FTPBackendsConfig(mode))
+
+    def test_route_to_ftp_listener(self) -> None:
+        text = MINIMAL + MINIMAL_FTP.replace('pool = "ftp"', 'pool = "web"').split("[pool.ftp]")[0]
+        text = text.replace(
+            'pool = "web"\n\n[pool.web]', 'pool = "web"\nlisteners = ["files"]\n\n[pool.web]'
+        )
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(
+            (error.key, error.message),
+            ("route[0].listeners[0]", "not an http listener named 'files'"),
+        )
+
+
+class FTPErrorTests(SynchronousTestCase):
+    """
+    Each mistake in the FTP keys is reported at its exact key path.
+    """
+
+    def assertError(self, text: str, key: str, message: str | None = None) -> ConfigError:
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual((error.source, error.key), ("test.toml", key), str(error))
+        if message is not None:
+            self.assertEqual(error.message, message)
+        return error
+
+    def listener(self, extra: str) -> str:
+        """C{MINIMAL_FTP} with C{extra} keys in its listener."""
+        return MINIMAL_FTP.replace('pool = "ftp"\n', f'pool = "ftp"\n{extra}', 1)
+
+    def test_pool(self) -> None:
+        self.assertError(
+            MINIMAL_FTP.replace('pool = "ftp"\n', "", 1),
+            "listener[0].pool",
+            "required key is missing",
+        )
+        self.assertError(
+            MINIMAL_FTP.replace('pool = "ftp"\n', 'pool = "web"\n', 1),
+            "listener[0].pool",
+            "no pool named 'web' (defined: ftp)",
+        )
+
+    def test_passive_ports(self) -> None:
+        message = "expected [low, high]: two ports from 1024 to 65535, low first, got {}"
+        for value, shown in (
+            ("[21, 30]", "an array"),
+            ("[50000, 70000]", "an array"),
+            ("[50010, 50000]", "an array"),
+            ("[50000]", "an array"),
+            ("[50000, 50001, 50002]", "an array"),
+            ("[50000, true]", "an array"),
+            ("50000", "50000"),
+            ('"50000-50100"', "'50000-50100'"),
+        ):
+            self.assertError(
+                self.listener(f"passive_ports = {value}\n"),
+                "listener[0].passive_ports",
+                message.format(shown),
+            )
+        (listener,) = parse(self.listener("passive_ports = [1024, 1024]\n")).listeners
+        assert listener.ftp is not None
+        self.assertEqual(listener.ftp.passive_ports, (1024, 1024))
+
+    def test_masquerade_address(self) -> None:
+        for value in ('"2001:db8::1"', '"ftp.example.com"', '"203.0.113"', "1"):
+            self.assertError(
+                self.listener(f"masquerade_address = {value}\n"),
+                "listener[0].masquerade_address",
+            )
+
+    def test_values(self) -> None:
+        self.assertError(self.listener('banner = ""\n'), "listener[0].banner")
+        self.assertError(
+            self.listener('banner = "a\\r\\n227 b"\n'),
+            "listener[0].banner",
+            "expected text without control characters (lines separated by \\n), got 'a\\r\\n227 b'",
+        )
+        self.assertError(self.listener("idle_timeout = -1\n"), "listener[0].idle_timeout")
+        self.assertError(self.listener("data_timeout = 0\n"), "listener[0].data_timeout")
+        self.assertError(
+            self.listener("max_sessions_per_ip = -1\n"), "listener[0].max_sessions_per_ip"
+        )
+        self.assertError(
+            self.listener('backend_passive = "port"\n'),
+            "listener[0].backend_passive",
+            "expected one of 'epsv', 'pasv', got 'port'",
+        )
+        self.assertError(
+            self.listener('show_backend_features = "yes"\n'), "listener[0].show_backend_features"
+        )
+        self.assertError(
+            self.listener("pasive_ports = [50000, 50001]\n"), "listener[0].pasive_ports"
+        )
+
+    def test_tls_keys(self) -> None:
+        certificates = 'certificates = [{ cert = "c.pem", key = "k.pem" }]\n'
+        for key in ("implicit", "require_tls"):
+            self.assertError(
+                self.listener(f"{key} = true\n"),
+                f"listener[0].{key}",
+                "needs certificates: the proxy's FTPS certificates",
+            )
+        self.assertError(
+            self.listener(certificates + "implicit = true\nrequire_tls = true\n"),
+            "listener[0].require_tls",
+            "has no effect with implicit = true: every session is TLS",
+        )
+        self.assertError(
+            self.listener('min_version = "TLSv1.3"\n'),
+            "listener[0].min_version",
+            "has no effect without certificates (FTPS)",
+        )
+        self.assertError(
+            self.listener(certificates + 'hsts = "max-age=1"\n'),
+            "listener[0].hsts",
+            "only used with protocol = \"https\", not 'ftp'",
+        )
+        self.assertError(self.listener("certificates = []\n"), "listener[0].certificates")
+        self.assertError(
+            self.listener(certificates + 'min_version = "TLSv1"\n'), "listener[0].min_version"
+        )
+
+    def test_keys_of_other_protocols(self) -> None:
+        self.assertError(
+            self.listener('send_proxy = "v1"\n'),
+            "listener[0].send_proxy",
+            "only used with protocol = \"tcp\", not 'ftp'",
+        )
+        self.assertError(
+            MINIMAL.replace('protocol = "http"', 'protocol = "http"\nbanner = "hi"'),
+            "listener[0].banner",
+            "only used with protocol = \"ftp\", not 'http'",
+        )
+        self.assertError(
+            MINIMAL.replace('protocol = "http"', 'protocol = "http"\npool = "web"'),
+            "listener[0].pool",
+            'only used with protocol = "tcp" or "ftp", not \'http\'',
+        )
+
+    def test_pool_ftp_table(self) -> None:
+        self.assertError(
+            MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'starttls'\n",
+            "pool.ftp.ftp.tls",
+            "expected one of 'explicit', 'implicit', 'none', got 'starttls'",
+        )
+        self.assertError(MINIMAL_FTP + "[pool.ftp.ftp]\ntsl = 'none'\n", "pool.ftp.ftp.tsl")
+        self.assertError(
+            MINIMAL + "[pool.web.ftp]\ntls = 'explicit'\n",
+            "pool.web.ftp",
+            "has no effect: no protocol = \"ftp\" listener uses pool 'web'",
+        )
+        self.assertError(
+            MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'implicit'\n[pool.ftp.health]\nkind = 'ftp'\n",
+            "pool.ftp.health.kind",
+        )
+        # A TLS handshake is the way to probe implicit FTPS backends.
+        parse(MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'implicit'\n[pool.ftp.health]\nkind = 'tls'\n")
+
+    def test_user_sticky_keys(self) -> None:
+        sticky = MINIMAL_FTP + "[pool.ftp.sticky]\nkind = 'user'\n"
+        self.assertError(sticky + "expiry = 0\n", "pool.ftp.sticky.expiry")
+        self.assertError(sticky + "max_entries = 0\n", "pool.ftp.sticky.max_entries")
+        self.assertError(
+            sticky + "cookie = 'x'\n",
+            "pool.ftp.sticky.cookie",
+            "only used with kind = 'cookie' or 'app_cookie', not 'user'",
+        )
+
+    def test_ftps_backends_need_one_name(self) -> None:
+        """
+        FTPS backends share one client TLS: on several hosts (or from DNS) they need the
+        server_name their certificates are verified against, unless not verified.
+        """
+        two = MINIMAL_FTP + '[[pool.ftp.backends]]\naddress = "127.0.0.2:21"\n'
+        ftps = "[pool.ftp.ftp]\ntls = 'explicit'\n"
+        error = self.assertError(two + ftps, "pool.ftp.tls.server_name")
+        self.assertIn("different hosts", error.message)
+        dns = MINIMAL_FTP + "[pool.ftp.dns]\nname = 'ftp.internal'\nport = 21\n"
+        self.assertIn(
+            "DNS-discovered",
+            self.assertError(dns + ftps, "pool.ftp.tls.server_name").message,
+        )
+        parse(two + ftps + "[pool.ftp.tls]\nserver_name = 'ftp.internal'\n")
+        parse(two + ftps + "[pool.ftp.tls]\nverify = false\n")
+        parse(MINIMAL_FTP + '[[pool.ftp.backends]]\naddress = "127.0.0.1:2121"\n' + ftps)
+        parse(two + "[pool.ftp.ftp]\ntls = 'none'\n")

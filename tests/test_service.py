@@ -4,6 +4,7 @@ Tests for L{twisted_rp.service}: from a configuration to listening services.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import os
@@ -28,18 +29,26 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from twisted_rp.config import Config, ConfigError, parse_config
+from twisted_rp.ftp import FTPProxyFactory
 from twisted_rp.http.message import AccessRecord
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.http.redirect import HTTPSRedirectFactory
 from twisted_rp.pool import BackendPool, RoundRobin
 from twisted_rp.pool.balancers import HashBalancer, LeastConnections
 from twisted_rp.pool.dns import DNSMembership
-from twisted_rp.pool.health import HealthChecker, HTTPMonitor, TCPMonitor, TLSMonitor
-from twisted_rp.pool.sticky import SourceIPStickiness
+from twisted_rp.pool.health import (
+    FTPMonitor,
+    HealthChecker,
+    HTTPMonitor,
+    TCPMonitor,
+    TLSMonitor,
+)
+from twisted_rp.pool.sticky import SourceIPStickiness, UserStickiness
 from twisted_rp.service import (
     PerBackendMonitor,
     build_pools,
     build_router,
+    build_server_tls,
     build_service,
     check_files,
 )
@@ -762,3 +771,247 @@ class HTTPSServiceTests(SynchronousTestCase):
             SystemExit, Options().parseOptions, ["--config", good, "--check-config"]
         )
         self.assertEqual((exit.code, stdout.getvalue()), (0, f"OK: {good}\n"))
+
+
+FTP = """
+[[listener]]
+name = "files"
+protocol = "ftp"
+endpoint = "tcp:2100:interface=127.0.0.1"
+pool = "ftp"
+banner = "Example FTP"
+passive_ports = [30000, 30009]
+masquerade_address = "203.0.113.10"
+idle_timeout = 120
+data_timeout = 20
+max_sessions_per_ip = 3
+backend_passive = "pasv"
+show_backend_features = true
+
+[[listener]]
+name = "web"
+protocol = "tcp"
+endpoint = "tcp:8000"
+pool = "ftp"
+
+[timeouts]
+backend_connect = 4
+
+[pool.ftp]
+[[pool.ftp.backends]]
+address = "10.0.0.1:8000"
+name = "ftp-1"
+ports = { ftp = 2121 }
+
+[pool.ftp.sticky]
+kind = "user"
+expiry = 900
+
+[pool.ftp.health]
+kind = "ftp"
+user = "probe"
+password = "secret"
+"""
+
+
+def ftp_factory_of(service: MultiService, name: str) -> FTPProxyFactory:
+    listening = service.getServiceNamed(name)
+    assert isinstance(listening, StreamServerEndpointService)
+    factory = listening.factory
+    assert isinstance(factory, FTPProxyFactory)
+    return factory
+
+
+def alpn_chosen(server_tls: Any, offered: list[bytes]) -> bytes:
+    """The ALPN protocol C{server_tls} picks from C{offered}, the handshake run in memory."""
+    server: SSL.Connection = server_tls.serverConnectionForTLS(None)
+    server.set_accept_state()
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_alpn_protos(offered)
+    client.set_connect_state()
+    for _ in range(10):
+        for this, other in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                this.do_handshake()
+            with contextlib.suppress(SSL.WantReadError):
+                other.bio_write(this.bio_read(65536))
+    return client.get_alpn_proto_negotiated()
+
+
+class FTPServiceTests(SynchronousTestCase):
+    """
+    L{build_service} serves ftp listeners with an L{FTPProxyFactory} on the shared pools.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(time.time())
+
+    def build(self, text: str = FTP) -> MultiService:
+        return build_service(config_from(text), self.reactor)
+
+    def test_ftp_listener(self) -> None:
+        factory = ftp_factory_of(self.build(), "files")
+        self.assertEqual(
+            (factory.banner, factory.masquerade_address, factory.backend_passive),
+            ("Example FTP", "203.0.113.10", "pasv"),
+        )
+        self.assertEqual(factory.passive_ports, tuple(range(30000, 30010)))
+        self.assertEqual(
+            (factory.idle_timeout, factory.data_timeout, factory.connect_timeout),
+            (120.0, 20.0, 4.0),
+        )
+        self.assertEqual((factory.max_sessions_per_ip, factory.show_backend_features), (3, True))
+        self.assertIs(factory.reactor, self.reactor)
+
+    def test_defaults(self) -> None:
+        text = FTP.split("banner =")[0] + "\n[pool.ftp]\n[[pool.ftp.backends]]\naddress = 'a:21'\n"
+        factory = ftp_factory_of(self.build(text), "files")
+        default = FTPProxyFactory(self.reactor, BackendPool("x", []))
+        self.assertEqual(
+            (factory.banner, factory.passive_ports, factory.idle_timeout, factory.data_timeout),
+            (default.banner, None, default.idle_timeout, default.data_timeout),
+        )
+        self.assertEqual(factory.connect_timeout, ProxySettings().timeouts.backend_connect)
+
+    def test_listens(self) -> None:
+        service = self.build()
+        service.startService()
+        self.addCleanup(service.stopService)
+        listening = {(port, interface): f for port, f, _, interface in self.reactor.tcpServers}
+        self.assertIs(listening[(2100, "127.0.0.1")], ftp_factory_of(service, "files"))
+
+    def test_pool_health_and_stickiness(self) -> None:
+        """
+        The FTP listener shares its pool with the other listeners and the health checker,
+        which logs in on the backends' C{ftp} port; the pool keeps users on their backend.
+        """
+        service = self.build()
+        factory = ftp_factory_of(service, "files")
+        tcp = service.getServiceNamed("web")
+        checker = service.getServiceNamed("health:ftp")
+        assert isinstance(tcp, StreamServerEndpointService) and isinstance(checker, HealthChecker)
+        assert isinstance(tcp.factory, TCPProxyFactory)
+        self.assertIs(factory.pool, tcp.factory.pool)
+        self.assertIs(checker._pool, factory.pool)
+        monitor = checker._monitor
+        assert isinstance(monitor, FTPMonitor)
+        self.assertEqual((monitor.user, monitor.password), ("probe", "secret"))
+        pool = factory.pool
+        assert isinstance(pool, BackendPool)
+        stickiness = pool.stickiness
+        assert isinstance(stickiness, UserStickiness)
+        self.assertEqual(stickiness.expiry, 900.0)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([port for _, port, *_ in self.reactor.tcpClients], [2121])
+
+    def test_session_reaches_the_pool(self) -> None:
+        """
+        A client gets the configured banner and, after C{USER}, the proxy dials the pool's
+        backend on its C{ftp} port.
+        """
+        factory = ftp_factory_of(self.build(), "files")
+        session = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 2100),
+            peerAddress=IPv4Address("TCP", "192.0.2.1", 40000),
+        )
+        session.makeConnection(transport)
+        self.assertEqual(transport.value(), b"220 Example FTP\r\n")
+        session.dataReceived(b"USER alice\r\n")
+        self.assertEqual([(h, p) for h, p, *_ in self.reactor.tcpClients], [("10.0.0.1", 2121)])
+        session.connectionLost(None)  # type: ignore[arg-type]
+
+
+class FTPSServiceTests(SynchronousTestCase):
+    """
+    FTPS listeners and FTPS backends reach the FTP proxy.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(time.time())
+        self.certificates = Certificates(self.mktemp())
+        cert, key = self.certificates.issue("ftp.example.test")
+        self.tls = f'certificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+
+    def config(self, listener: str = "", pool: str = "") -> Config:
+        text = FTP.replace('banner = "Example FTP"\n', listener) + pool
+        # Implicit FTPS backends cannot be probed in plain FTP.
+        return config_from(
+            text.replace('kind = "ftp"\nuser = "probe"\npassword = "secret"', 'kind = "tls"')
+        )
+
+    def backend_tls(self, mode: str, extra: str = "") -> str:
+        ca = self.certificates.ca_file
+        return f'[pool.ftp.ftp]\ntls = "{mode}"\n[pool.ftp.tls]\nca_files = ["{ca}"]\n{extra}'
+
+    def test_front_ftps(self) -> None:
+        """
+        An FTP listener with certificates offers FTPS with them (ALPN naming FTP), reloaded
+        like an https listener's.
+        """
+        service = build_service(self.config(self.tls + "require_tls = true\n"), self.reactor)
+        factory = ftp_factory_of(service, "files")
+        assert factory.tls is not None
+        self.assertEqual(alpn_chosen(factory.tls, [b"http/1.1", b"ftp"]), b"ftp")
+        self.assertEqual((factory.require_tls, factory.implicit), (True, False))
+        names = [child.name for child in service]
+        self.assertIn("tls-watch:files", names)
+        self.assertIn("tls-sighup", names)
+        plain = ftp_factory_of(build_service(self.config(), self.reactor), "files")
+        self.assertEqual((plain.tls, plain.require_tls), (None, False))
+
+    def test_implicit(self) -> None:
+        service = build_service(self.config(self.tls + "implicit = true\n"), self.reactor)
+        # Not wrapped in TLS here: the FTP proxy starts TLS itself.
+        factory = ftp_factory_of(service, "files")
+        self.assertTrue(factory.implicit)
+        self.assertIsNotNone(factory.tls)
+
+    def test_https_keeps_its_alpn(self) -> None:
+        https = config_from(
+            f'[[listener]]\nname = "s"\nprotocol = "https"\nendpoint = "tcp:1"\n{self.tls}'
+            '[[route]]\npool = "p"\n[pool.p]\n[[pool.p.backends]]\naddress = "a:1"\n'
+        )
+        server_tls = build_server_tls(https.listeners[0], "listener[0]", clock=self.reactor)
+        self.assertEqual(alpn_chosen(server_tls, [b"ftp", b"http/1.1"]), b"http/1.1")
+
+    def test_backend_ftps(self) -> None:
+        """
+        FTPS backends get one client TLS made from the pool's TLS table.
+        """
+        for mode in ("explicit", "implicit"):
+            service = build_service(self.config(pool=self.backend_tls(mode)), self.reactor)
+            factory = ftp_factory_of(service, "files")
+            self.assertEqual(factory.backend_tls, mode)
+            (backend,) = factory.pool.backends()
+            self.assertIsNotNone(factory.backend_tls_creator)
+            self.assertIs(factory.backend_creator(backend), factory.backend_tls_creator)
+        plain = ftp_factory_of(build_service(self.config(), self.reactor), "files")
+        self.assertEqual((plain.backend_tls, plain.backend_tls_creator), ("none", None))
+
+    def test_backend_verified_name(self) -> None:
+        """
+        The client TLS verifies C{server_name}, else the backends' host; an unverified one is
+        warned about.
+        """
+        with capturedLogs() as events:
+            build_service(self.config(pool=self.backend_tls("explicit")), self.reactor)
+            named = self.backend_tls("explicit", 'server_name = "ftp.internal"\n')
+            build_service(self.config(pool=named), self.reactor)
+            insecure = '[pool.ftp.ftp]\ntls = "explicit"\n[pool.ftp.tls]\nverify = false\n'
+            build_service(self.config(pool=insecure), self.reactor)
+        warnings = [e for e in events if e.get("log_format") == INSECURE_WARNING]
+        self.assertEqual([e["server_name"] for e in warnings], ["10.0.0.1"])
+
+    def test_backend_tls_files(self) -> None:
+        """
+        A bad CA file of an FTPS pool is reported at start-up, at its key.
+        """
+        missing = str(self.certificates.directory / "missing.pem")
+        text = f'[pool.ftp.ftp]\ntls = "explicit"\n[pool.ftp.tls]\nca_files = ["{missing}"]\n'
+        for check in (check_files, lambda config: build_service(config, self.reactor)):
+            error = self.assertRaises(ConfigError, check, self.config(pool=text))
+            self.assertEqual(error.key, "pool.ftp.tls.ca_files[0]")

@@ -1,5 +1,6 @@
 """
-Tests for L{twisted_rp.pool.sticky}: cookie, application cookie and source address affinity.
+Tests for L{twisted_rp.pool.sticky}: cookie, application cookie, source address and user name
+affinity.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from twisted_rp.pool.sticky import (
     CookieStickiness,
     SetCookie,
     SourceIPStickiness,
+    UserStickiness,
     parse_set_cookie,
     request_cookie,
 )
@@ -563,9 +565,100 @@ class SourceIPStickinessTests(SynchronousTestCase):
         self.assertRaises(ValueError, SourceIPStickiness, max_entries=0)
 
 
+class UserStickinessTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.sticky = UserStickiness(clock=self.clock)
+
+    def context(self, user: str | None, client_ip: str = "192.0.2.1") -> PickContext:
+        """What the FTP side asks the pool with after C{USER}."""
+        return PickContext("ftp", client_ip, user=user)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IStickiness, self.sticky))
+        self.assertFalse(self.sticky.strict)
+        self.assertTrue(UserStickiness(strict=True).strict)
+
+    def test_defaults(self) -> None:
+        sticky = UserStickiness()
+        self.assertEqual((sticky.expiry, sticky.max_entries), (3600.0, 100_000))
+
+    def test_pins_and_finds_again(self) -> None:
+        self.assertIsNone(self.sticky.pinned(self.context("alice")))
+        self.sticky.pin(self.context("alice"), WEB2, StickyResponse())
+        self.assertEqual(self.sticky.pinned(self.context("alice")), "web2")
+        self.assertIsNone(self.sticky.pinned(self.context("bob")))
+
+    def test_user_from_another_address(self) -> None:
+        self.sticky.pin(self.context("alice", "192.0.2.1"), WEB2, StickyResponse())
+        self.assertEqual(self.sticky.pinned(self.context("alice", "198.51.100.7")), "web2")
+
+    def test_users_from_one_address_are_apart(self) -> None:
+        self.sticky.pin(self.context("alice"), WEB1, StickyResponse())
+        self.sticky.pin(self.context("bob"), WEB2, StickyResponse())
+        self.assertEqual(self.sticky.pinned(self.context("alice")), "web1")
+        self.assertEqual(self.sticky.pinned(self.context("bob")), "web2")
+
+    def test_names_are_exact(self) -> None:
+        self.sticky.pin(self.context("alice"), WEB1, StickyResponse())
+        self.assertIsNone(self.sticky.pinned(self.context("Alice")))
+        self.assertIsNone(self.sticky.pinned(self.context("alice ")))
+
+    def test_any_protocol_that_sets_a_user(self) -> None:
+        self.sticky.pin(self.context("alice"), WEB2, StickyResponse())
+        self.assertEqual(
+            self.sticky.pinned(PickContext("tcp", "203.0.113.9", user="alice")), "web2"
+        )
+
+    def test_without_a_user(self) -> None:
+        for user in (None, ""):
+            self.sticky.pin(self.context(user), WEB1, StickyResponse())
+            self.assertIsNone(self.sticky.pinned(self.context(user)))
+        self.sticky.pin(http_context(), WEB1, StickyResponse())
+        self.assertIsNone(self.sticky.pinned(http_context()))
+        self.assertEqual(len(self.sticky), 0)
+
+    def test_repin(self) -> None:
+        self.sticky.pin(self.context("alice"), WEB1, StickyResponse())
+        self.sticky.pin(self.context("alice"), WEB2, StickyResponse())
+        self.assertEqual(self.sticky.pinned(self.context("alice")), "web2")
+        self.assertEqual(len(self.sticky), 1)
+
+    def test_idle_expiry(self) -> None:
+        sticky = UserStickiness(expiry=60.0, clock=self.clock)
+        sticky.pin(self.context("alice"), WEB1, StickyResponse())
+        self.clock.advance(59)
+        self.assertEqual(sticky.pinned(self.context("alice")), "web1")
+        self.clock.advance(59)
+        self.assertEqual(sticky.pinned(self.context("alice")), "web1")
+        self.clock.advance(60)
+        self.assertIsNone(sticky.pinned(self.context("alice")))
+
+    def test_least_recently_used_is_evicted(self) -> None:
+        sticky = UserStickiness(max_entries=3, clock=self.clock)
+        for name in ("u1", "u2", "u3"):
+            sticky.pin(self.context(name), WEB1, StickyResponse())
+        sticky.pinned(self.context("u1"))
+        sticky.pin(self.context("u4"), WEB2, StickyResponse())
+        self.assertEqual(len(sticky), 3)
+        self.assertIsNone(sticky.pinned(self.context("u2")))
+        for name in ("u1", "u3"):
+            self.assertEqual(sticky.pinned(self.context(name)), "web1")
+        self.assertEqual(sticky.pinned(self.context("u4")), "web2")
+
+    def test_global_reactor_by_default(self) -> None:
+        sticky = UserStickiness()
+        sticky.pin(self.context("alice"), WEB1, StickyResponse())
+        self.assertEqual(sticky.pinned(self.context("alice")), "web1")
+
+    def test_invalid_configuration(self) -> None:
+        self.assertRaises(ValueError, UserStickiness, expiry=0)
+        self.assertRaises(ValueError, UserStickiness, max_entries=0)
+
+
 class RegistryTests(SynchronousTestCase):
     def test_names(self) -> None:
-        self.assertEqual(sorted(STICKINESS), ["app_cookie", "cookie", "source_ip"])
+        self.assertEqual(sorted(STICKINESS), ["app_cookie", "cookie", "source_ip", "user"])
 
     def test_each_builds_a_stickiness(self) -> None:
         clock = MemoryReactorClock()
@@ -573,6 +666,7 @@ class RegistryTests(SynchronousTestCase):
             STICKINESS["cookie"](secret=SECRET, name="route", strict=True),
             STICKINESS["app_cookie"](cookie="PHPSESSID", clock=clock),
             STICKINESS["source_ip"](expiry=10.0, clock=clock),
+            STICKINESS["user"](expiry=10.0, max_entries=5, clock=clock, strict=True),
         ]
         for sticky in built:
             self.assertTrue(verifyObject(IStickiness, sticky))

@@ -23,6 +23,7 @@ from attrs import frozen
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from twisted_rp.ftp.control import BACKEND_PASSIVE_MODES, FTPProxyFactory
 from twisted_rp.pool.balancers import BALANCERS
 from twisted_rp.settings import (
     HeaderPolicy,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     # config_pools builds on this module's readers, so this module imports it only when used.
     from twisted_rp.config_pools import BackendConfig, PoolConfig
 
-PROTOCOLS = frozenset({"http", "https", "tcp"})
+PROTOCOLS = frozenset({"http", "https", "tcp", "ftp"})
 TLS_VERSIONS = frozenset({"TLSv1.2", "TLSv1.3"})
 CLIENT_CERT_MODES = frozenset({"none", "optional", "required"})
 SEND_PROXY = frozenset({"v1", "v2"})
@@ -56,6 +57,13 @@ _TCP_DEFAULTS = {
     for name, parameter in inspect.signature(TCPProxyFactory).parameters.items()
     if parameter.default is not inspect.Parameter.empty
 }
+_FTP_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(FTPProxyFactory).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+#: The lowest port a passive range may use: below are the privileged, well-known ports.
+MIN_PASSIVE_PORT = 1024
 _SERVER_TLS_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(ServerTLS).parameters.items()
@@ -124,20 +132,59 @@ class ListenerTLSConfig:
 
 
 @frozen
+class FTPListenerConfig:
+    """
+    The settings of an C{ftp} listener beyond its pool, TLS and idle timeout (see
+    L{twisted_rp.ftp.FTPProxyFactory}, whose defaults these are).
+
+    @ivar banner: the text of the proxy's C{220} greeting; several lines allowed.
+    @ivar passive_ports: the lowest and highest port (inclusive) of the passive data range;
+        L{None} for any free port.
+    @ivar masquerade_address: the IPv4 address announced in passive replies, for a proxy behind
+        NAT; L{None} for the address the client connected to.
+    @ivar data_timeout: seconds a passive port waits for the client, and a data connection may
+        go without a byte.
+    @ivar max_sessions_per_ip: the most sessions one client address may hold; 0 for no limit.
+    @ivar backend_passive: C{"epsv"} or C{"pasv"}: how backends are asked for data
+        connections.
+    @ivar show_backend_features: relay the backend's whole C{FEAT} list after login.
+    @ivar implicit: implicit FTPS: TLS from the first byte (port 990 style); needs the
+        listener's certificates.
+    @ivar require_tls: refuse logins and transfers outside TLS (explicit FTPS, C{AUTH TLS});
+        needs the listener's certificates.
+    """
+
+    banner: str = _FTP_DEFAULTS["banner"]
+    passive_ports: tuple[int, int] | None = None
+    masquerade_address: str | None = None
+    data_timeout: float = _FTP_DEFAULTS["data_timeout"]
+    max_sessions_per_ip: int = _FTP_DEFAULTS["max_sessions_per_ip"]
+    backend_passive: str = _FTP_DEFAULTS["backend_passive"]
+    show_backend_features: bool = _FTP_DEFAULTS["show_backend_features"]
+    implicit: bool = False
+    require_tls: bool = False
+
+
+@frozen
 class ListenerConfig:
     """
-    Where the proxy accepts connections.  The keys after C{endpoint} are for C{tcp} listeners
-    only (see L{twisted_rp.tcp.TCPProxyFactory}).
+    Where the proxy accepts connections.  The keys after C{endpoint} are for C{tcp} and
+    C{ftp} listeners (see L{twisted_rp.tcp.TCPProxyFactory}); C{ftp} listeners have more in
+    C{ftp}.
 
     @ivar protocol: one of L{PROTOCOLS}.
     @ivar endpoint: a Twisted server endpoint string such as C{tcp:8080:interface=127.0.0.1}.
-    @ivar tls: the TLS settings of an C{https} listener; L{None} for the others.
+    @ivar tls: the TLS settings of an C{https} listener, or of an C{ftp} listener offering
+        FTPS; L{None} for the others.
     @ivar redirect_to_https: for an C{http} listener that only redirects every request to
         HTTPS, the port of the HTTPS URLs; L{None} for a listener that proxies.
-    @ivar pool: the pool a C{tcp} listener relays every connection to.
+    @ivar pool: the pool a C{tcp} or C{ftp} listener sends every connection to.
     @ivar send_proxy: C{"v1"} or C{"v2"} to send backends a PROXY header; L{None} for none.
     @ivar accept_proxy: clients send a PROXY header first; only C{trusted_proxies} may connect.
     @ivar idle_timeout: seconds without traffic before a session is closed; 0 for no limit.
+        An C{ftp} listener's default is the FTP proxy's (a control connection is idle outside
+        transfers).
+    @ivar ftp: the FTP settings of an C{ftp} listener; L{None} for the others.
     """
 
     name: str
@@ -150,6 +197,7 @@ class ListenerConfig:
     idle_timeout: float = _TCP_DEFAULTS["idle_timeout"]
     tls: ListenerTLSConfig | None = None
     redirect_to_https: int | None = None
+    ftp: FTPListenerConfig | None = None
 
     @property
     def proxies_http(self) -> bool:
@@ -502,7 +550,27 @@ _TLS_KEYS = (
     "hsts",
     "reload_interval",
 )
-_KEYS_BY_PROTOCOL = {"tcp": _TCP_KEYS, "https": _TLS_KEYS, "http": ("redirect_to_https",)}
+_FTP_KEYS = (
+    "pool",
+    "idle_timeout",
+    "banner",
+    "passive_ports",
+    "masquerade_address",
+    "data_timeout",
+    "max_sessions_per_ip",
+    "backend_passive",
+    "show_backend_features",
+    "implicit",
+    "require_tls",
+    # HSTS is an HTTP header; the rest of the TLS keys apply to FTPS as they are.
+    *(key for key in _TLS_KEYS if key != "hsts"),
+)
+_KEYS_BY_PROTOCOL = {
+    "tcp": _TCP_KEYS,
+    "https": _TLS_KEYS,
+    "http": ("redirect_to_https",),
+    "ftp": _FTP_KEYS,
+}
 
 
 def _ciphers(value: object) -> str:
@@ -528,6 +596,36 @@ def _certificate_files(section: _Section) -> CertificateFiles:
     cert = section.required("cert", _string)
     key = section.required("key", _string)
     return CertificateFiles(cert, key, **section.optional({"chain": _string}))
+
+
+def _banner(value: object) -> str:
+    text = _string(value)
+    if any(ord(character) < 32 and character != "\n" for character in text):
+        raise _expected("text without control characters (lines separated by \\n)", value)
+    return text
+
+
+def _passive_ports(value: object) -> tuple[int, int]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(port, int) and not isinstance(port, bool) for port in value)
+        or not MIN_PASSIVE_PORT <= value[0] <= value[1] <= 65535
+    ):
+        raise _expected(
+            f"[low, high]: two ports from {MIN_PASSIVE_PORT} to 65535, low first", value
+        )
+    return (value[0], value[1])
+
+
+def _ipv4_address(value: object) -> str:
+    try:
+        if isinstance(value, str):
+            return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        pass
+    # Passive replies (227) carry IPv4 addresses only; EPSV replies carry no address at all.
+    raise _expected("an IPv4 address like '203.0.113.10'", value)
 
 
 def _listener_tls(section: _Section) -> ListenerTLSConfig:
@@ -566,15 +664,54 @@ def _listener_tls(section: _Section) -> ListenerTLSConfig:
     return tls
 
 
+def _ftp_listener(section: _Section, name: str, endpoint: str) -> ListenerConfig:
+    tls = _listener_tls(section) if section.has("certificates") else None
+    options = section.optional(
+        {
+            "banner": _banner,
+            "passive_ports": _passive_ports,
+            "masquerade_address": _ipv4_address,
+            "data_timeout": _number(0.0, open_low=True),
+            "max_sessions_per_ip": _integer(0),
+            "backend_passive": _choice(frozenset(BACKEND_PASSIVE_MODES)),
+            "show_backend_features": _boolean,
+            "implicit": _boolean,
+            "require_tls": _boolean,
+        }
+    )
+    for key in ("implicit", "require_tls"):
+        if options.get(key) and tls is None:
+            raise section.error(key, "needs certificates: the proxy's FTPS certificates")
+    if options.get("implicit") and section.has("require_tls"):
+        raise section.error(
+            "require_tls", "has no effect with implicit = true: every session is TLS"
+        )
+    if tls is None:
+        for key in _TLS_KEYS:
+            if section.has(key):
+                raise section.error(key, "has no effect without certificates (FTPS)")
+    idle = section.optional({"idle_timeout": _number(0.0)})
+    return ListenerConfig(
+        name=name,
+        protocol="ftp",
+        endpoint=endpoint,
+        pool=section.required("pool", _string),
+        idle_timeout=idle.get("idle_timeout", _FTP_DEFAULTS["idle_timeout"]),
+        tls=tls,
+        ftp=FTPListenerConfig(**options),
+    )
+
+
 def _listener(section: _Section) -> ListenerConfig:
     protocol = section.required("protocol", _choice(PROTOCOLS))
-    for other, keys in _KEYS_BY_PROTOCOL.items():
-        if other == protocol:
-            continue
-        for key in keys:
-            if section.has(key):
-                raise section.error(key, f'only used with protocol = "{other}", not {protocol!r}')
-    section.allow("name", "protocol", "endpoint", *_KEYS_BY_PROTOCOL[protocol])
+    mine = _KEYS_BY_PROTOCOL[protocol]
+    for key in section.names():
+        owners = [f'"{other}"' for other, keys in _KEYS_BY_PROTOCOL.items() if key in keys]
+        if owners and key not in mine:
+            raise section.error(
+                key, f"only used with protocol = {' or '.join(owners)}, not {protocol!r}"
+            )
+    section.allow("name", "protocol", "endpoint", *mine)
     name = section.required("name", _string)
     endpoint = section.required("endpoint", _endpoint)
     if protocol == "http":
@@ -583,6 +720,8 @@ def _listener(section: _Section) -> ListenerConfig:
     if protocol == "https":
         tls = _listener_tls(section)
         return ListenerConfig(name=name, protocol=protocol, endpoint=endpoint, tls=tls)
+    if protocol == "ftp":
+        return _ftp_listener(section, name, endpoint)
     options = section.optional(
         {
             "send_proxy": _choice(SEND_PROXY),
@@ -623,7 +762,7 @@ def _route(
         listener = listeners.get(name)
         if listener is None:
             raise section.error(f"listeners[{index}]", f"no listener named {name!r}")
-        if listener.protocol == "tcp":
+        if listener.protocol not in ("http", "https"):
             raise section.error(f"listeners[{index}]", f"not an http listener named {name!r}")
         if listener.redirect_to_https is not None:
             raise section.error(
@@ -687,6 +826,13 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
         if listener.pool is not None and listener.pool not in pools:
             defined = ", ".join(pools) or "none"
             raise table.error("pool", f"no pool named {listener.pool!r} (defined: {defined})")
+    ftp_pools = {listener.pool for listener in listeners.values() if listener.protocol == "ftp"}
+    for name, pool in pools.items():
+        if pool.ftp is not None and name not in ftp_pools:
+            raise top.error(
+                f"pool.{name}.ftp",
+                f'has no effect: no protocol = "ftp" listener uses pool {name!r}',
+            )
     routes = tuple(_route(table, pools, listeners) for table in top.tables("route"))
     http_listeners = [listener for listener in listeners.values() if listener.proxies_http]
     if http_listeners and not routes:

@@ -1,6 +1,6 @@
 """
 The C{[pool.NAME]} part of the configuration file: backends, balancing, stickiness, health
-checks, passive health and DNS membership.
+checks, passive health, DNS membership, client TLS and how FTP backends are spoken to.
 
 This is the pool half of L{twisted_rp.config}, which reads the rest of the file and builds on
 the same readers.  Defaults are never written here: each comes from the signature of the class
@@ -47,6 +47,9 @@ from twisted_rp.pool.sticky import STICKINESS
 
 HEALTH_KINDS = ("tcp", "http", "tls", "ftp")
 BACKEND_SCHEMES = ("http", "https")
+#: How the proxy speaks to a pool's FTP backends: plain, C{AUTH TLS} after the greeting, or
+#: TLS from the first byte.
+FTP_BACKEND_TLS = ("none", "explicit", "implicit")
 SAME_SITE = ("Strict", "Lax", "None")
 MIN_SECRET = 16
 
@@ -109,7 +112,8 @@ class StickyConfig:
     @ivar cookie: the cookie's name (C{cookie} and C{app_cookie}).
     @ivar secret: the key signing the cookie (C{cookie}), at least 16 bytes.
     @ivar max_age: the cookie's C{Max-Age}; 0 for a session cookie.
-    @ivar expiry: seconds an idle entry is remembered (C{app_cookie} and C{source_ip}).
+    @ivar expiry: seconds an idle entry is remembered (C{app_cookie}, C{source_ip} and
+        C{user}).
     """
 
     kind: str
@@ -180,9 +184,9 @@ class DNSConfig:
 @frozen
 class BackendTLSConfig:
     """
-    C{[pool.NAME.tls]}: how the proxy connects to the pool's C{https://} backends, and how its
-    C{tls} health check (and an C{http} one, for C{https} backends) does (see
-    L{twisted_rp.tls.client_tls}).
+    C{[pool.NAME.tls]}: how the proxy connects to the pool's C{https://} backends and, with
+    C{[pool.NAME.ftp] tls}, to its FTPS backends, and how its C{tls} health check (and an
+    C{http} one, for C{https} backends) does (see L{twisted_rp.tls.client_tls}).
 
     @ivar verify: check the backend's certificate and name; L{False} only when set explicitly.
     @ivar ca_files: the CAs to trust; empty for the system trust store.
@@ -195,6 +199,18 @@ class BackendTLSConfig:
     server_name: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+
+
+@frozen
+class FTPBackendsConfig:
+    """
+    C{[pool.NAME.ftp]}: how C{ftp} listeners speak to the pool's backends.
+
+    @ivar tls: one of L{FTP_BACKEND_TLS}; with TLS, the client settings of
+        C{[pool.NAME.tls]} apply (verification, CAs, server name, client certificate).
+    """
+
+    tls: str = "none"
 
 
 @frozen
@@ -220,6 +236,7 @@ class PoolConfig:
     passive: PassiveConfig | None = None
     dns: DNSConfig | None = None
     tls: BackendTLSConfig | None = None
+    ftp: FTPBackendsConfig | None = None
 
 
 # Value checks specific to pools.
@@ -344,6 +361,7 @@ _STICKY_KEYS = {
     ),
     "app_cookie": ("cookie", "expiry", "max_entries"),
     "source_ip": ("expiry", "max_entries"),
+    "user": ("expiry", "max_entries"),
 }
 
 
@@ -527,6 +545,34 @@ def _tls(section: _Section) -> BackendTLSConfig:
     return tls
 
 
+def _ftp(section: _Section) -> FTPBackendsConfig:
+    section.allow("tls")
+    return FTPBackendsConfig(**section.optional({"tls": _choice(frozenset(FTP_BACKEND_TLS))}))
+
+
+def _check_ftps_name(
+    name: str, section: _Section, options: Mapping[str, Any], backends: Mapping[str, BackendConfig]
+) -> None:
+    """
+    FTPS backends share one client TLS (the FTP proxy resumes its sessions on data
+    connections), so one name is verified for all of them: C{server_name}, or the one host
+    they all have.
+    """
+    ftp = options.get("ftp")
+    tls = options.get("tls") or BackendTLSConfig()
+    if ftp is None or ftp.tls == "none" or not tls.verify or tls.server_name is not None:
+        return
+    hosts = {backend.host for backend in backends.values()}
+    if "dns" in options or len(hosts) > 1:
+        raise ConfigError(
+            section.source,
+            section.key("tls.server_name"),
+            f"required with FTPS backends ([pool.{name}.ftp] tls = {ftp.tls!r}) on "
+            f"{'DNS-discovered' if 'dns' in options else 'different'} hosts: the one name "
+            "their certificates are verified against",
+        )
+
+
 def read_pool(name: str, section: _Section) -> PoolConfig:
     """
     The pool C{[pool.NAME]} describes.
@@ -546,6 +592,7 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         "passive",
         "dns",
         "tls",
+        "ftp",
     )
     backends: dict[str, BackendConfig] = {}
     for table in section.tables("backends"):
@@ -572,10 +619,20 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         "passive": _passive,
         "dns": _dns,
         "tls": _tls,
+        "ftp": _ftp,
     }
     for key, read in tables.items():
         if section.has(key):
             options[key] = read(section.table(key))
+    _check_ftps_name(name, section, options, backends)
+    health, ftp = options.get("health"), options.get("ftp")
+    if health is not None and health.kind == "ftp" and ftp is not None and ftp.tls == "implicit":
+        raise ConfigError(
+            section.source,
+            section.key("health.kind"),
+            'kind = "ftp" speaks plain FTP, but the backends speak implicit FTPS '
+            f'([pool.{name}.ftp] tls = "implicit"): use kind = "tls"',
+        )
     if not backends and "dns" not in options:
         raise section.error(
             "backends", f"at least one [[pool.{name}.backends]] or a [pool.{name}.dns] is required"
@@ -585,10 +642,12 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
 
 __all__ = [
     "BACKEND_SCHEMES",
+    "FTP_BACKEND_TLS",
     "HEALTH_KINDS",
     "BackendConfig",
     "BackendTLSConfig",
     "DNSConfig",
+    "FTPBackendsConfig",
     "HealthConfig",
     "PassiveConfig",
     "PoolConfig",

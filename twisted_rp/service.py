@@ -29,10 +29,12 @@ from twisted_rp.config import Config, ConfigError, ListenerConfig
 from twisted_rp.config_pools import (
     BackendConfig,
     BackendTLSConfig,
+    FTPBackendsConfig,
     HealthConfig,
     PoolConfig,
     make_stickiness,
 )
+from twisted_rp.ftp.control import FTPProxyFactory
 from twisted_rp.http.accesslog import AccessLog, access_log_from_settings
 from twisted_rp.http.backend import BackendConnections
 from twisted_rp.http.proxy import HTTPProxyFactory
@@ -59,6 +61,7 @@ __all__ = [
     "build_balancer",
     "build_client_tls",
     "build_dns_membership",
+    "build_ftp_factory",
     "build_health_checker",
     "build_monitor",
     "build_pool",
@@ -73,6 +76,8 @@ __all__ = [
 ]
 
 HTTP_PROTOCOLS = frozenset({"http", "https"})
+#: The ALPN protocols TLS listeners offer, by listener protocol.
+ALPN = {"https": (b"http/1.1",), "ftp": (b"ftp",)}
 DEFAULT_SOURCE = "<config>"
 
 Creator = IOpenSSLClientConnectionCreator
@@ -123,7 +128,8 @@ def build_server_tls(
     clock: IReactorTime | None = None,
 ) -> ServerTLS:
     """
-    The L{ServerTLS} of an C{https} listener, its files read and checked.
+    The L{ServerTLS} of an C{https} listener or an FTPS one, its files read and checked; it
+    offers ALPN's name for the listener's protocol.
 
     @param key: the listener's key path, like C{listener[1]}, for errors.
     @param clock: for expiry checks, ticket key rotation and the file watcher; L{None} for the
@@ -132,7 +138,7 @@ def build_server_tls(
         certificate has expired; naming the key, like C{listener[1].certificates[0].cert}.
     """
     tls = listener.tls
-    assert tls is not None, f"{listener.name} is not an https listener"
+    assert tls is not None, f"{listener.name} has no TLS settings"
     groups: list[list[tuple[str, str | None]]] = [
         [
             (f"certificates[{index}].cert", certificate.cert),
@@ -150,6 +156,7 @@ def build_server_tls(
             ciphers=tls.ciphers,
             client_certs=tls.client_certs,
             client_ca_files=tls.client_ca_files,
+            alpn=ALPN.get(listener.protocol, ()),
             clock=clock,
         )
     except TLSConfigError as error:
@@ -512,10 +519,72 @@ def build_tcp_factory(
     )
 
 
+def _ftps_backend_creator(pool: PoolConfig, source: str) -> Creator:
+    """
+    The one client TLS of a pool's FTPS backends: its server name is C{server_name}, else the
+    backends' one host (the configuration requires one or the other when verifying).
+    """
+    creators = _ClientTLSCache(pool, source)
+    creators.check()
+    tls = pool.tls or BackendTLSConfig()
+    hosts = sorted({backend.host for backend in pool.backends}) or ["localhost"]
+    return creators.for_name(tls.server_name or hosts[0])
+
+
+def build_ftp_factory(
+    config: Config,
+    listener: ListenerConfig,
+    pools: Mapping[str, BackendPool],
+    reactor: Any,
+    server_tls: ServerTLS | None = None,
+) -> FTPProxyFactory:
+    """
+    The factory of an C{ftp} listener, sending sessions to its pool; connecting to a backend
+    may take C{[timeouts] backend_connect}.
+
+    With C{server_tls} (built from the listener's certificates), clients may use explicit
+    FTPS, or must (C{require_tls}), or use implicit FTPS (C{implicit}); the factory starts TLS
+    itself, on control and data connections alike.  The pool's C{[pool.NAME.ftp] tls} chooses
+    plain, explicit or implicit FTPS towards backends, with one client TLS made from
+    C{[pool.NAME.tls]} (an C{https://} backend's own, if it has one).
+
+    @raise ConfigError: a file of C{[pool.NAME.tls]} is unusable.
+    """
+    assert listener.pool is not None and listener.ftp is not None
+    ftp = listener.ftp
+    pool_config = config.pool(listener.pool)
+    backend_tls = (pool_config.ftp or FTPBackendsConfig()).tls
+    creator = None
+    if backend_tls != "none":
+        creator = _ftps_backend_creator(pool_config, config.source)
+    passive_ports = None
+    if ftp.passive_ports is not None:
+        low, high = ftp.passive_ports
+        passive_ports = range(low, high + 1)
+    return FTPProxyFactory(
+        reactor,
+        pools[listener.pool],
+        banner=ftp.banner,
+        passive_ports=passive_ports,
+        masquerade_address=ftp.masquerade_address,
+        idle_timeout=listener.idle_timeout,
+        data_timeout=ftp.data_timeout,
+        connect_timeout=config.proxy.timeouts.backend_connect,
+        max_sessions_per_ip=ftp.max_sessions_per_ip,
+        backend_passive=ftp.backend_passive,
+        show_backend_features=ftp.show_backend_features,
+        tls=server_tls,
+        implicit=ftp.implicit,
+        require_tls=ftp.require_tls,
+        backend_tls=backend_tls,
+        backend_tls_creator=creator,
+    )
+
+
 def check_files(config: Config) -> None:
     """
     Read every file C{config} names that is only read when the service is built (the
-    certificates, keys and CAs of C{https} listeners and of C{[pool.NAME.tls]}), as
+    certificates, keys and CAs of C{https} and FTPS listeners and of C{[pool.NAME.tls]}), as
     C{--check-config} does, without starting anything.
 
     @raise ConfigError: the first unusable file, naming its key.
@@ -533,10 +602,12 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
     (C{dns:POOL}) for each pool that has one, then a L{StreamServerEndpointService} per
     listener, named after it, serving an L{HTTPProxyFactory} with that listener's routes (for
     C{https}, inside a C{TLSMemoryBIOFactory} with the listener's L{ServerTLS}), an
-    L{HTTPSRedirectFactory} (C{redirect_to_https}) or a L{TCPProxyFactory} relaying to its
-    pool.  Listeners share the pools, the access log and the idle backend connections.
+    L{HTTPSRedirectFactory} (C{redirect_to_https}), a L{TCPProxyFactory} relaying to its
+    pool or an L{FTPProxyFactory} (L{build_ftp_factory}, which does its own TLS).  Listeners
+    share the pools, the access log and the idle backend connections.
 
-    C{https} listeners also get a service reloading their certificates when the files change
+    C{https} and FTPS listeners also get a service reloading their certificates when the files
+    change
     (C{tls-watch:LISTENER}, unless C{reload_interval} is 0) and, all together, one reloading
     them on SIGHUP (C{tls-sighup}).
 
@@ -578,8 +649,15 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
     connections = BackendConnections(reactor, reactor, config.proxy.timeouts, config.proxy.limits)
     for index, listener in enumerate(config.listeners):
         factory: IProtocolFactory
+        tls = listener.tls
         if listener.protocol == "tcp":
             factory = build_tcp_factory(config, listener, pools, reactor)
+        elif listener.protocol == "ftp":
+            # Not wrapped in TLS even when implicit: the FTP proxy starts TLS on the connection
+            # itself, and on its data connections with the same certificates.
+            factory = build_ftp_factory(
+                config, listener, pools, reactor, server_tls_by_listener.get(index)
+            )
         elif listener.redirect_to_https is not None:
             factory = HTTPSRedirectFactory(
                 reactor,
@@ -588,7 +666,6 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
                 timeout=config.proxy.timeouts.client_header,
             )
         elif listener.protocol in HTTP_PROTOCOLS:
-            tls = listener.tls
             factory = HTTPProxyFactory(
                 reactor,
                 build_router(config, listener, pools),
@@ -600,18 +677,17 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
                 hsts=None if tls is None else tls.hsts,
             )
             if tls is not None:
-                server_tls = server_tls_by_listener[index]
-                factory = TLSMemoryBIOFactory(server_tls, False, factory)
-                if tls.reload_interval > 0:
-                    watcher = server_tls.watch(tls.reload_interval)
-                    watcher.setName(f"tls-watch:{listener.name}")
-                    watcher.setServiceParent(top)
+                factory = TLSMemoryBIOFactory(server_tls_by_listener[index], False, factory)
         else:
             raise ConfigError(
                 config.source,
                 f"listener[{index}].protocol",
                 f"{listener.protocol!r} listeners are not supported yet",
             )
+        if tls is not None and tls.reload_interval > 0:
+            watcher = server_tls_by_listener[index].watch(tls.reload_interval)
+            watcher.setName(f"tls-watch:{listener.name}")
+            watcher.setServiceParent(top)
         listening = StreamServerEndpointService(
             serverFromString(reactor, listener.endpoint), factory
         )

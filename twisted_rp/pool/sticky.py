@@ -1,13 +1,15 @@
 """
 Session affinity: keeping a client on the backend it used before.
 
-Three L{IStickiness} kinds, named in L{STICKINESS} as the configuration spells them:
+Four L{IStickiness} kinds, named in L{STICKINESS} as the configuration spells them:
 
   - L{CookieStickiness} (C{cookie}): the proxy sets its own cookie, sealed with a secret, that
     names the backend.
   - L{AppCookieStickiness} (C{app_cookie}): the proxy learns the application's session cookie
     (C{JSESSIONID}...) from the backend's C{Set-Cookie} and routes that session back to it.
   - L{SourceIPStickiness} (C{source_ip}): the client's address names the backend.
+  - L{UserStickiness} (C{user}): the user name the client logged in with (FTP's C{USER})
+    names the backend.
 
 The cookie helpers L{request_cookie} and L{parse_set_cookie} are shared with the HTTP side.
 """
@@ -42,6 +44,7 @@ __all__ = [
     "CookieStickiness",
     "SetCookie",
     "SourceIPStickiness",
+    "UserStickiness",
     "parse_set_cookie",
     "request_cookie",
 ]
@@ -519,11 +522,53 @@ class SourceIPStickiness:
             self._table.remember(key, backend.name, _now(self.clock), None)
 
 
+# -- the user name ---------------------------------------------------------------------------
+
+
+@implementer(IStickiness)
+@define(eq=False)
+class UserStickiness:
+    """
+    Affinity by user name (L{PickContext.user}, which the FTP side sets from C{USER}): each
+    user keeps the backend it logged in on, from whatever address, until it has been idle for
+    C{expiry} seconds; at most C{max_entries} users, least recently used evicted first.
+
+    Names are compared exactly, as FTP servers do.  Requests without a user name (every
+    protocol but FTP, or an FTP client before C{USER}) are neither pinned nor looked up, and
+    are balanced as usual.
+
+    @ivar clock: the time source; L{None} for the global reactor.
+    """
+
+    expiry: float = 3600.0
+    max_entries: int = 100_000
+    clock: IReactorTime | None = None
+    strict: bool = False
+    _table: _AffinityTable = field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._table = _AffinityTable(self.max_entries, self.expiry)
+
+    def __len__(self) -> int:
+        """How many users are remembered (expired ones may linger until touched)."""
+        return len(self._table)
+
+    def pinned(self, context: PickContext) -> str | None:
+        if not context.user:
+            return None
+        return self._table.lookup(context.user, _now(self.clock))
+
+    def pin(self, context: PickContext, backend: Backend, response: StickyResponse) -> None:
+        if context.user:
+            self._table.remember(context.user, backend.name, _now(self.clock), None)
+
+
 #: The stickiness kinds by configuration name; each value is called with that kind's options.
 STICKINESS: Mapping[str, Callable[..., IStickiness]] = MappingProxyType(
     {
         "cookie": CookieStickiness,
         "app_cookie": AppCookieStickiness,
         "source_ip": SourceIPStickiness,
+        "user": UserStickiness,
     }
 )
