@@ -1728,12 +1728,21 @@ class FTPErrorTests(SynchronousTestCase):
             "pool.web.ftp",
             "has no effect: no protocol = \"ftp\" listener uses pool 'web'",
         )
-        self.assertError(
-            MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'implicit'\n[pool.ftp.health]\nkind = 'ftp'\n",
-            "pool.ftp.health.kind",
-        )
-        # A TLS handshake is the way to probe implicit FTPS backends.
+        # FTPS backends may be probed with a TLS handshake, or with the FTP check, which then
+        # speaks FTPS itself (explicit or implicit, as the pool's ftp table says).
         parse(MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'implicit'\n[pool.ftp.health]\nkind = 'tls'\n")
+        config = parse(
+            MINIMAL_FTP + "[pool.ftp.ftp]\ntls = 'implicit'\n[pool.ftp.health]\nkind = 'ftp'\n"
+        )
+        self.assertEqual(config.pool("ftp").health.kind, "ftp")
+
+    def test_ftp_transfer_timeout(self) -> None:
+        listener = MINIMAL_FTP.replace('pool = "ftp"', 'pool = "ftp"\ntransfer_timeout = 3600', 1)
+        self.assertEqual(parse(listener).listeners[0].ftp.transfer_timeout, 3600.0)
+        self.assertError(
+            MINIMAL_FTP.replace('pool = "ftp"', 'pool = "ftp"\ntransfer_timeout = -1', 1),
+            "listener[0].transfer_timeout",
+        )
 
     def test_user_sticky_keys(self) -> None:
         sticky = MINIMAL_FTP + "[pool.ftp.sticky]\nkind = 'user'\n"

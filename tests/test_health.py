@@ -6,11 +6,17 @@ L{MemoryReactorClock} with a scripted monitor, and each real monitor over loopba
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import shutil
 import socket
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import trustme
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.internet.defer import (
     CancelledError,
@@ -22,6 +28,7 @@ from twisted.internet.defer import (
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols import ftp
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -32,6 +39,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.test_ftp_integration import _Realm
+from tests.test_ftps import Certificates as CertificateFiles
+from tests.test_ftps import FTPSFactory
 from twisted_rp.interfaces import IHealthMonitor
 from twisted_rp.pool.backend import Backend
 from twisted_rp.pool.health import (
@@ -42,6 +52,7 @@ from twisted_rp.pool.health import (
     TCPMonitor,
     TLSMonitor,
 )
+from twisted_rp.tls import client_tls
 
 HANG = "hang"
 OK = "ok"
@@ -754,3 +765,117 @@ class FTPMonitorTests(TestCase):
         backend, _ = self.ftp(b"220 FTP ready")
         shared = Backend("s", "127.0.0.1", refusing_port(self), ports={"ftp": backend.port})
         await FTPMonitor(reactor).check(shared)
+
+
+class FTPSMonitorTests(TestCase):
+    """
+    L{FTPMonitor} over FTPS, against Twisted's FTP server made FTPS like vsftpd (no login in
+    the clear) by L{tests.test_ftps}.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="ftps-health-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.certificates = CertificateFiles(self.directory)
+        self.trusting = client_tls("127.0.0.1", ca_files=[self.certificates.ca_file])
+
+    def ftps(self, implicit: bool = False, tls: bool = True) -> tuple[Backend, Any]:
+        """An FTPS backend (plain FTP without C{tls}), and its factory."""
+        users = InMemoryUsernamePasswordDatabaseDontUse()
+        users.addUser("alice", "alice-pw")  # type: ignore[arg-type]
+        portal = Portal(_Realm(self.directory), [users])
+        factory: Any
+        if not tls:
+            factory = ftp.FTPFactory(portal)
+            return Backend("ftp", "127.0.0.1", serve(self, factory)), factory
+        factory = FTPSFactory(portal, self.certificates.server_tls(), implicit)
+        listened: Any = factory
+        if implicit:
+            listened = TLSMemoryBIOFactory(factory.control_tls, False, factory)
+        return Backend("ftp", "127.0.0.1", serve(self, listened)), factory
+
+    async def assert_fails(self, monitor: FTPMonitor, backend: Backend, message: str) -> None:
+        with self.assertRaises(HealthCheckFailed) as caught:
+            await monitor.check(backend)
+        self.assertEqual(str(caught.exception), message)
+
+    async def test_explicit_login_over_tls(self) -> None:
+        """AUTH TLS after the banner; USER and PASS only through TLS."""
+        backend, server = self.ftps()
+        monitor = FTPMonitor(
+            reactor, user="alice", password="alice-pw", tls="explicit", tls_creator=self.trusting
+        )
+        await monitor.check(backend)
+        self.assertEqual(server.heard[:3], [("AUTH", False), ("USER", True), ("PASS", True)])
+
+    async def test_explicit_without_login(self) -> None:
+        """Without a user the check ends once the TLS handshake is through."""
+        backend, server = self.ftps()
+        await FTPMonitor(reactor, tls="explicit", tls_creator=self.trusting).check(backend)
+        self.assertEqual(server.heard[:1], [("AUTH", False)])
+        self.assertEqual(len(server.control_tls.connections), 1)
+
+    async def test_plain_login_refused_by_an_ftps_server(self) -> None:
+        """The same server refuses a login in the clear: what tls="explicit" is for."""
+        backend, _ = self.ftps()
+        await self.assert_fails(
+            FTPMonitor(reactor, user="alice", password="alice-pw"),
+            backend,
+            "FTP USER was refused: '530 Non-anonymous sessions must use encryption.'",
+        )
+
+    async def test_implicit_login(self) -> None:
+        """TLS from the first byte: the banner and the login come through it."""
+        backend, server = self.ftps(implicit=True)
+        monitor = FTPMonitor(
+            reactor, user="alice", password="alice-pw", tls="implicit", tls_creator=self.trusting
+        )
+        await monitor.check(backend)
+        self.assertEqual(server.heard[:2], [("USER", True), ("PASS", True)])
+
+    async def test_implicit_untrusted_certificate(self) -> None:
+        backend, server = self.ftps(implicit=True)
+        other_ca = client_tls("127.0.0.1", ca_files=[self.other_ca()])
+        await self.assert_fails(
+            FTPMonitor(reactor, user="alice", password="pw", tls="implicit", tls_creator=other_ca),
+            backend,
+            "TLS handshake failed: certificate verify failed",
+        )
+        self.assertEqual(server.heard, [])
+
+    async def test_explicit_untrusted_certificate(self) -> None:
+        """A certificate that does not verify: unhealthy, and the login is never sent."""
+        backend, server = self.ftps()
+        other_ca = client_tls("127.0.0.1", ca_files=[self.other_ca()])
+        await self.assert_fails(
+            FTPMonitor(reactor, user="alice", password="pw", tls="explicit", tls_creator=other_ca),
+            backend,
+            "TLS handshake failed: certificate verify failed",
+        )
+        self.assertEqual([verb for verb, _ in server.heard], ["AUTH"])
+
+    async def test_explicit_untrusted_certificate_without_login(self) -> None:
+        """Without a login too the handshake must succeed: a 234 alone is not healthy."""
+        backend, _ = self.ftps()
+        other_ca = client_tls("127.0.0.1", ca_files=[self.other_ca()])
+        await self.assert_fails(
+            FTPMonitor(reactor, tls="explicit", tls_creator=other_ca),
+            backend,
+            "TLS handshake failed: certificate verify failed",
+        )
+
+    async def test_auth_refused(self) -> None:
+        """A server without FTPS answers AUTH TLS with an error: unhealthy."""
+        backend, _ = self.ftps(tls=False)
+        with self.assertRaises(HealthCheckFailed) as caught:
+            await FTPMonitor(reactor, tls="explicit", tls_creator=self.trusting).check(backend)
+        self.assertTrue(str(caught.exception).startswith("FTP AUTH TLS was refused: '5"))
+
+    def test_unknown_mode_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            FTPMonitor(reactor, tls="sometimes")
+
+    def other_ca(self) -> str:
+        path = os.path.join(self.directory, "other-ca.pem")
+        trustme.CA().cert_pem.write_to_path(path)
+        return path

@@ -46,6 +46,7 @@ from twisted_rp.pool.health import (
 from twisted_rp.pool.sticky import SourceIPStickiness, UserStickiness
 from twisted_rp.service import (
     PerBackendMonitor,
+    build_monitor,
     build_pools,
     build_router,
     build_server_tls,
@@ -429,6 +430,44 @@ class PoolServiceTests(SynchronousTestCase):
         assert isinstance(checker, HealthChecker)
         self.assertIs(tcp.factory.pool, http.router.routes[0].pool)
         self.assertIs(checker._pool, tcp.factory.pool)
+
+
+class FTPHealthTests(SynchronousTestCase):
+    """
+    The FTP health check of a pool of FTPS backends speaks FTPS, as the pool's ftp table says.
+    """
+
+    def test_ftps_backends_checked_over_ftps(self) -> None:
+        config = parse_config(
+            tomllib.loads(
+                """
+[[listener]]
+name = "files"
+protocol = "ftp"
+endpoint = "tcp:2121"
+pool = "ftp"
+
+[pool.ftp.ftp]
+tls = "explicit"
+
+[pool.ftp.tls]
+verify = false
+
+[pool.ftp.health]
+kind = "ftp"
+
+[[pool.ftp.backends]]
+address = "127.0.0.1:21"
+"""
+            ),
+            "test.toml",
+        )
+        monitor = build_monitor(config.pool("ftp").health, MemoryReactorClock(), config.pool("ftp"))
+        assert isinstance(monitor, PerBackendMonitor)
+        (backend,) = build_pools(config, MemoryReactorClock())["ftp"].backends()
+        probe = monitor.make(monitor.creator_for(backend))
+        assert isinstance(probe, FTPMonitor)
+        self.assertEqual(probe.tls, "explicit")
 
 
 class Certificates:

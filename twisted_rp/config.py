@@ -144,6 +144,7 @@ class FTPListenerConfig:
         NAT; L{None} for the address the client connected to.
     @ivar data_timeout: seconds a passive port waits for the client, and a data connection may
         go without a byte.
+    @ivar transfer_timeout: the longest a whole transfer may take (then C{426}); 0 for none.
     @ivar max_sessions_per_ip: the most sessions one client address may hold; 0 for no limit.
     @ivar backend_passive: C{"epsv"} or C{"pasv"}: how backends are asked for data
         connections.
@@ -158,6 +159,7 @@ class FTPListenerConfig:
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
     data_timeout: float = _FTP_DEFAULTS["data_timeout"]
+    transfer_timeout: float = _FTP_DEFAULTS["transfer_timeout"]
     max_sessions_per_ip: int = _FTP_DEFAULTS["max_sessions_per_ip"]
     backend_passive: str = _FTP_DEFAULTS["backend_passive"]
     show_backend_features: bool = _FTP_DEFAULTS["show_backend_features"]
@@ -557,6 +559,7 @@ _FTP_KEYS = (
     "passive_ports",
     "masquerade_address",
     "data_timeout",
+    "transfer_timeout",
     "max_sessions_per_ip",
     "backend_passive",
     "show_backend_features",
@@ -672,6 +675,7 @@ def _ftp_listener(section: _Section, name: str, endpoint: str) -> ListenerConfig
             "passive_ports": _passive_ports,
             "masquerade_address": _ipv4_address,
             "data_timeout": _number(0.0, open_low=True),
+            "transfer_timeout": _number(0.0),
             "max_sessions_per_ip": _integer(0),
             "backend_passive": _choice(frozenset(BACKEND_PASSIVE_MODES)),
             "show_backend_features": _boolean,

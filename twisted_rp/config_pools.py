@@ -625,14 +625,6 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         if section.has(key):
             options[key] = read(section.table(key))
     _check_ftps_name(name, section, options, backends)
-    health, ftp = options.get("health"), options.get("ftp")
-    if health is not None and health.kind == "ftp" and ftp is not None and ftp.tls == "implicit":
-        raise ConfigError(
-            section.source,
-            section.key("health.kind"),
-            'kind = "ftp" speaks plain FTP, but the backends speak implicit FTPS '
-            f'([pool.{name}.ftp] tls = "implicit"): use kind = "tls"',
-        )
     if not backends and "dns" not in options:
         raise section.error(
             "backends", f"at least one [[pool.{name}.backends]] or a [pool.{name}.dns] is required"

@@ -391,7 +391,23 @@ def build_monitor(
 
         return PerBackendMonitor(tls_for, lambda creator: TLSMonitor(reactor, tls_options=creator))
     if health.kind == "ftp":
-        return FTPMonitor(reactor, user=health.user, password=health.password)
+        mode = pool.ftp.tls if pool is not None and pool.ftp is not None else "none"
+        if pool is None or mode == "none":
+            return FTPMonitor(reactor, user=health.user, password=health.password)
+        # FTPS backends are checked over FTPS, with the pool's client TLS settings.
+        ftps = _ClientTLSCache(pool, source)
+        ftps.check()
+        ftps_name = pool.tls.server_name if pool.tls is not None else None
+
+        def ftps_for(backend: Backend) -> Creator:
+            return ftps.for_name(ftps_name) if ftps_name else ftps.for_host(backend.host)
+
+        return PerBackendMonitor(
+            ftps_for,
+            lambda creator: FTPMonitor(
+                reactor, user=health.user, password=health.password, tls=mode, tls_creator=creator
+            ),
+        )
     return TCPMonitor(reactor)
 
 
@@ -569,6 +585,7 @@ def build_ftp_factory(
         masquerade_address=ftp.masquerade_address,
         idle_timeout=listener.idle_timeout,
         data_timeout=ftp.data_timeout,
+        transfer_timeout=ftp.transfer_timeout,
         connect_timeout=config.proxy.timeouts.backend_connect,
         max_sessions_per_ip=ftp.max_sessions_per_ip,
         backend_passive=ftp.backend_passive,

@@ -68,6 +68,9 @@ class FTPProxyFactory(ServerFactory):
     @ivar idle_timeout: seconds a control connection may stay silent outside a transfer.
     @ivar data_timeout: seconds a passive port waits for the client, and a data connection
         may go without a byte.
+    @ivar transfer_timeout: seconds a whole transfer may take, however steadily its data
+        flows; 0 for no limit.  Past it both data connections are closed, the backend is sent
+        C{ABOR}, and the client is told C{426 Transfer timed out}.
     @ivar connect_timeout: seconds for a backend (control or data) or an active client to
         accept a connection, and for a backend's greeting.
     @ivar max_sessions_per_ip: the most sessions one client address may hold; 0 for no limit.
@@ -101,6 +104,7 @@ class FTPProxyFactory(ServerFactory):
         masquerade_address: str | None = None,
         idle_timeout: float = 300.0,
         data_timeout: float = 60.0,
+        transfer_timeout: float = 0.0,
         connect_timeout: float = 5.0,
         max_sessions_per_ip: int = 0,
         backend_passive: str = "epsv",
@@ -121,8 +125,10 @@ class FTPProxyFactory(ServerFactory):
             raise ValueError(f"backend_tls must be one of {BACKEND_TLS_MODES}")
         if (implicit or require_tls) and tls is None:
             raise ValueError("implicit and require_tls need tls (the server certificate)")
-        if idle_timeout < 0 or data_timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeouts must be positive (idle_timeout 0 for none)")
+        if idle_timeout < 0 or transfer_timeout < 0 or data_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError(
+                "timeouts must be positive (idle_timeout and transfer_timeout 0 for none)"
+            )
         if max_sessions_per_ip < 0:
             raise ValueError("max_sessions_per_ip must not be negative")
         if passive_ports is not None:
@@ -139,6 +145,7 @@ class FTPProxyFactory(ServerFactory):
         self.masquerade_address = masquerade_address
         self.idle_timeout = idle_timeout
         self.data_timeout = data_timeout
+        self.transfer_timeout = transfer_timeout
         self.connect_timeout = connect_timeout
         self.max_sessions_per_ip = max_sessions_per_ip
         self.backend_passive = backend_passive

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from attrs import define
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -50,6 +51,10 @@ class Transfer:
     @ivar active_target: for C{PORT}/C{EPRT}, where the proxy connects to the client.
     @ivar started: the backend sent its preliminary (C{1xx}) reply.
     @ivar held: the backend's final reply, kept back until the data is all relayed.
+    @ivar aborted: the client sent C{ABOR}.
+    @ivar timed_out: the transfer outlasted the transfer timeout; the client has had its
+        C{426} and the backend's replies about it are not relayed.
+    @ivar timer: the transfer timeout, while it runs.
     """
 
     command: Command
@@ -58,6 +63,14 @@ class Transfer:
     started: bool = False
     held: Reply | None = None
     aborted: bool = False
+    timed_out: bool = False
+    timer: IDelayedCall | None = None
+
+    def stop_timer(self) -> None:
+        """Cancel the transfer timeout."""
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class TransferMixin:
@@ -80,6 +93,9 @@ class TransferMixin:
     def command_done(self) -> None:
         raise NotImplementedError
 
+    def reply_and_close(self, reply: Reply) -> None:
+        raise NotImplementedError
+
     def new_channel(self) -> DataChannel:
         raise NotImplementedError
 
@@ -92,6 +108,7 @@ class TransferMixin:
         self._transfer: Transfer | None = None
         self._epsv_all = False
         self._backend_mode = self.factory.backend_passive
+        self._settling: IDelayedCall | None = None
 
     def transfer_in_flight(self) -> bool:
         """Whether a transfer command waits for its final reply."""
@@ -103,7 +120,9 @@ class TransferMixin:
         if channel is not None:
             channel.close()
         if self._transfer is not None:
+            self._transfer.stop_timer()
             self._transfer.channel.close()
+        self._stop_settling()
 
     # PASV, EPSV, PORT, EPRT
 
@@ -248,6 +267,11 @@ class TransferMixin:
         transfer = Transfer(command, channel, target)
         self._transfer = transfer
         self._busy = True
+        timeout = self.factory.transfer_timeout
+        if timeout > 0:
+            transfer.timer = self.factory.clock.callLater(
+                timeout, self._transfer_timed_out, transfer
+            )
         channel.when_finished(lambda: self._channel_finished(transfer))
         backend.send(
             command,
@@ -256,6 +280,9 @@ class TransferMixin:
         )
 
     def _transfer_reply(self, transfer: Transfer, reply: Reply) -> None:
+        if transfer.timed_out:
+            # The client was told 426 already; a late 150 must not open its data connection.
+            return
         if reply.preliminary:
             if not transfer.started:
                 transfer.started = True
@@ -299,6 +326,7 @@ class TransferMixin:
             self._finish_transfer(transfer, held)
 
     def _finish_transfer(self, transfer: Transfer, reply: Reply) -> None:
+        transfer.stop_timer()
         if not transfer.channel.finished:
             transfer.channel.close()
         if self._transfer is transfer:
@@ -324,3 +352,60 @@ class TransferMixin:
 
     def _abort_reply(self, reply: Reply) -> None:
         self.send_reply(reply)
+
+    # Transfer timeout
+
+    def _transfer_timed_out(self, transfer: Transfer) -> None:
+        """
+        The transfer outlasted C{transfer_timeout}: close both data connections, tell the
+        client C{426}, and stop the backend with C{ABOR}, whose replies (and the transfer's
+        final one) the client does not hear: it has its answer.  The next command waits until
+        the backend has given them, so that replies stay paired with their commands.
+        """
+        transfer.timer = None
+        if self._transfer is not transfer or self._closed:
+            return
+        self._transfer = None
+        transfer.timed_out = True
+        held, transfer.held = transfer.held, None
+        timeout = self.factory.transfer_timeout
+        log.info(
+            "FTP: {verb} of {client} took longer than {timeout} s, stopping it",
+            verb=transfer.command.verb,
+            client=self.client_ip,
+            timeout=timeout,
+        )
+        transfer.channel.close()
+        self._last_activity = self.factory.clock.seconds()
+        self.send_reply(Reply.of(426, f"Transfer timed out ({timeout:g} seconds)."))
+        backend = self.backend
+        if held is not None or backend is None:
+            # The backend has finished already (only the client was still reading).
+            self.command_done()
+            return
+        backend.send(Command("ABOR", ""), self._settled)
+        self._settling = self.factory.clock.callLater(
+            self.factory.data_timeout, self._backend_unsettled
+        )
+
+    def _settled(self, reply: Reply) -> None:
+        """The backend answered the C{ABOR} that ended a timed-out transfer."""
+        if reply.preliminary or self._settling is None:
+            return
+        self._stop_settling()
+        self.command_done()
+
+    def _backend_unsettled(self) -> None:
+        self._settling = None
+        log.warn(
+            "FTP: backend did not answer ABOR for {client}, closing the session",
+            client=self.client_ip,
+        )
+        self.reply_and_close(
+            Reply.of(421, "Service not available, remote server does not respond.")
+        )
+
+    def _stop_settling(self) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None and settling.active():
+            settling.cancel()

@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 from typing import Protocol as TypingProtocol
 
-from attrs import define, field
+from attrs import define, field, validators
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 from treq.client import HTTPClient
@@ -38,6 +38,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
     ITCPTransport,
+    ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BODY_LIMIT",
+    "FTP_TLS_MODES",
     "FTPMonitor",
     "HTTPMonitor",
     "HealthCheckFailed",
@@ -309,22 +311,45 @@ def _ftp_code(text: str) -> str | None:
     return text[:3] if len(text) >= 3 and text[:3].isdigit() else None
 
 
+#: How L{FTPMonitor} reaches a backend: plain FTP, C{AUTH TLS} after the banner, or TLS from
+#: the first byte.
+FTP_TLS_MODES = ("none", "explicit", "implicit")
+
+
+@implementer(IHandshakeListener)
 class _FTPLogin(LineReceiver, _Probe):
     """
-    Reads the banner and, given a user, logs in; replies may span several lines (RFC 959
-    4.2: C{"220-first"} ... C{"220 last"}).
+    Reads the banner, switches to TLS with C{AUTH TLS} given C{explicit_tls}, and, given a
+    user, logs in; replies may span several lines (RFC 959 4.2: C{"220-first"} ...
+    C{"220 last"}).
+
+    @param implicit: the connection is TLS from the first byte (wrapped by the endpoint).
     """
 
     delimiter = b"\n"
     MAX_LENGTH = 8192
 
-    def __init__(self, user: str | None, password: str | None) -> None:
+    def __init__(
+        self,
+        user: str | None,
+        password: str | None,
+        explicit_tls: IOpenSSLClientConnectionCreator | None = None,
+        implicit: bool = False,
+    ) -> None:
         _Probe.__init__(self)
         self._user = user
         self._password = password
+        self._explicit_tls = explicit_tls
         self._continues: str | None = None
         self._stage = "banner"
-        self.waiting_for = "the 220 banner"
+        self.waiting_for = "the TLS handshake completed" if implicit else "the 220 banner"
+
+    def handshakeCompleted(self) -> None:
+        if self._stage == "banner":
+            # Implicit FTPS: the banner comes through the TLS just set up.
+            self.waiting_for = "the 220 banner"
+        elif self._stage == "handshake":
+            self._secured()
 
     def lineReceived(self, line: bytes) -> None:
         text = line.rstrip(b"\r").decode("utf-8", "replace")
@@ -349,10 +374,20 @@ class _FTPLogin(LineReceiver, _Probe):
         if self._stage == "banner":
             if code != 220:
                 self.fail(f"FTP banner was {shown!r}, not 220")
-            elif self._user is None:
-                self._quit()
+            elif self._explicit_tls is not None:
+                self._send("AUTH", "TLS", "auth", "the reply to AUTH TLS")
             else:
-                self._send("USER", self._user, "user", "the reply to USER")
+                self._secured()
+        elif self._stage == "auth":
+            if code == 234 and self._explicit_tls is not None:
+                self._stage = "handshake"
+                self.waiting_for = "the TLS handshake completed"
+                cast(ITLSTransport, self.transport).startTLS(self._explicit_tls)
+            else:
+                self.fail(f"FTP AUTH TLS was refused: {shown!r}")
+        elif self._stage == "handshake":
+            # A reply in the clear after 234 would be a server out of step.
+            self.fail(f"FTP reply during the TLS handshake: {shown!r}")
         elif self._stage == "user":
             if code == 230:
                 self._quit()
@@ -364,6 +399,13 @@ class _FTPLogin(LineReceiver, _Probe):
             self._quit()
         else:
             self.fail(f"FTP login failed: {shown!r}")
+
+    def _secured(self) -> None:
+        """Greeted (and over TLS if asked): log in, or be done."""
+        if self._user is None:
+            self._quit()
+        else:
+            self._send("USER", self._user, "user", "the reply to USER")
 
     def _send(self, command: str, argument: str, stage: str, waiting_for: str) -> None:
         self._stage = stage
@@ -382,17 +424,39 @@ class FTPMonitor:
     Healthy when the backend greets with C{220} and, given a C{user}, accepts the login
     (C{USER} answered C{331} then C{PASS} answered C{230}, or C{USER} answered C{230}).
 
+    Over FTPS the TLS handshake, certificate verification included, must succeed too, and the
+    login is only ever sent through it.
+
     @ivar port_protocol: as for L{TCPMonitor}; C{"ftp"} by default.
+    @ivar tls: C{"none"} for plain FTP, C{"explicit"} for C{AUTH TLS} (answered C{234})
+        after the banner, C{"implicit"} for TLS from the first byte (port 990 style).
+    @ivar tls_creator: the client TLS for FTPS; by default each backend gets
+        C{optionsForClientTLS(backend.host)} (the platform's trusted authorities).
     """
 
     reactor: IReactorTCP
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     port_protocol: str | None = "ftp"
+    tls: str = field(default="none", validator=validators.in_(FTP_TLS_MODES))
+    tls_creator: IOpenSSLClientConnectionCreator | None = None
 
     def check(self, backend: Backend) -> Deferred[None]:
-        endpoint = HostnameEndpoint(self.reactor, backend.host, _port(backend, self.port_protocol))
-        return Deferred.fromCoroutine(_run_probe(endpoint, _FTPLogin(self.user, self.password)))
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self.reactor, backend.host, _port(backend, self.port_protocol)
+        )
+        creator = None
+        if self.tls != "none":
+            creator = self.tls_creator or optionsForClientTLS(backend.host)
+            if self.tls == "implicit":
+                endpoint = wrapClientTLS(creator, endpoint)
+        probe = _FTPLogin(
+            self.user,
+            self.password,
+            explicit_tls=creator if self.tls == "explicit" else None,
+            implicit=self.tls == "implicit",
+        )
+        return Deferred.fromCoroutine(_run_probe(endpoint, probe))
 
 
 def _server_name(host: str) -> str:
