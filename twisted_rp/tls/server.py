@@ -1,40 +1,21 @@
 """
-TLS context building in one place: server contexts (SNI, client certificates, reloading) and
-client contexts (verification of backends).
-
-Server side: L{ServerTLS} provides L{IOpenSSLServerConnectionCreator}; wrap a factory with
-C{TLSMemoryBIOFactory(ServerTLS([...]), False, factory)}.  Client side: L{client_tls} returns an
-L{IOpenSSLClientConnectionCreator} for C{TLSMemoryBIOFactory(creator, True, factory)} or
-C{wrapClientTLS}.
+Server-side TLS: L{ServerTLS} (SNI, client certificates, protocol settings) and reloading its
+files when they change or on SIGHUP.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
 
-from attrs import frozen
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import (
-    dsa,
-    ec,
-    ed448,
-    ed25519,
-    rsa,
-)
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 from twisted.application.service import Service
-from twisted.internet import ssl as twisted_ssl
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IReactorFromThreads,
     IReactorTime,
@@ -43,12 +24,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-PrivateKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | dsa.DSAPrivateKey
+from twisted_rp.tls.certificates import (
+    CertificateFiles,
+    TLSConfigError,
+    _load_ca_files,
+    _load_certificate,
+    _LoadedCertificate,
 )
 
 #: The TLS 1.2 cipher suites of Mozilla's "intermediate" profile (version 5.7).  TLS 1.3 suites are
@@ -71,13 +52,6 @@ MOZILLA_INTERMEDIATE_CIPHERS = ":".join(
 #: The curves (key exchange groups) of Mozilla's "intermediate" profile.
 MOZILLA_INTERMEDIATE_CURVES = ("X25519", "prime256v1", "secp384r1")
 
-#: A L{twisted.logger} format string for the start-up warning when backend verification is off;
-#: log it with a C{server_name} field.
-INSECURE_WARNING = (
-    "TLS certificate verification for backend {server_name} is turned off "
-    "(verify = false): the connection is encrypted but anyone on the path can intercept it"
-)
-
 #: How often (seconds) L{ServerTLS} rebuilds its contexts, which gives session tickets a fresh key.
 TICKET_ROTATION = 12 * 60 * 60.0
 
@@ -90,188 +64,9 @@ _TLS_VERSIONS = {
 
 _CLIENT_CERT_MODES = ("none", "optional", "required")
 
-_CLIENT_EXPIRY_WARNING_DAYS = 14
-
-_PEM_KEY = re.compile(
-    rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL
-)
-
 # The session id context ties cached sessions to this application; OpenSSL refuses to resume
 # sessions without one when client certificates are requested.
 _SESSION_ID_CONTEXT = b"twisted_rp"
-
-
-class TLSConfigError(Exception):
-    """
-    A TLS file or setting is unusable; the message names the file and what is wrong with it.
-    """
-
-
-@frozen
-class CertificateFiles:
-    """
-    Where one certificate and its key are.
-
-    @ivar cert: PEM file with the certificate first, optionally followed by its chain.
-    @ivar key: PEM file with the (unencrypted) private key; may be the same file as C{cert}.
-    @ivar chain: optional PEM file with intermediate certificates.
-    """
-
-    cert: str
-    key: str
-    chain: str | None = None
-
-
-@frozen
-class ClientCertInfo:
-    """
-    What a TLS client proved about itself with a certificate.
-
-    @ivar verify: C{"SUCCESS"} (a certificate was sent and verified) or C{"NONE"} (none sent).
-        A certificate that fails verification never gets this far: the handshake fails.
-    @ivar subject_dn: the subject distinguished name in RFC 4514 form (C{CN=a,O=b}).
-    @ivar fingerprint_sha256: lowercase hex SHA-256 of the DER certificate.
-    @ivar der: the DER certificate.
-    @ivar chain_der: the other certificates the client sent (not including its own), as DER.
-    """
-
-    verify: str
-    subject_dn: str | None = None
-    fingerprint_sha256: str | None = None
-    der: bytes | None = None
-    chain_der: tuple[bytes, ...] = ()
-
-
-NO_CLIENT_CERT = ClientCertInfo(verify="NONE")
-
-
-@frozen
-class _LoadedCertificate:
-    """
-    A certificate, its chain and key, read and checked.
-    """
-
-    files: CertificateFiles
-    leaf: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
-    key: PrivateKey
-    dns_names: tuple[str, ...]
-    common_name: str | None
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise TLSConfigError(f"{path}: {what} file not found") from None
-    except OSError as e:
-        raise TLSConfigError(f"{path}: cannot read {what} file: {e.strerror}") from None
-
-
-def _read_certificates(path: str, what: str) -> list[x509.Certificate]:
-    data = _read(path, what)
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise TLSConfigError(f"{path}: unreadable PEM: no valid {what} certificate") from None
-    return certificates
-
-
-def _read_key(path: str) -> PrivateKey:
-    data = _read(path, "key")
-    match = _PEM_KEY.search(data)
-    if match is None:
-        raise TLSConfigError(f"{path}: unreadable PEM: no private key found")
-    try:
-        key = serialization.load_pem_private_key(match.group(0), password=None)
-    except TypeError:
-        raise TLSConfigError(
-            f"{path}: the private key is encrypted; give an unencrypted key"
-        ) from None
-    except ValueError as e:
-        raise TLSConfigError(f"{path}: unreadable PEM private key: {e}") from None
-    if not isinstance(key, PrivateKey):
-        raise TLSConfigError(f"{path}: unsupported private key type {type(key).__name__}")
-    return key
-
-
-def _spki(key: Any) -> bytes:
-    der: bytes = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
-def _names(certificate: x509.Certificate) -> tuple[tuple[str, ...], str | None]:
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        dns_names = tuple(
-            name.lower().rstrip(".") for name in san.value.get_values_for_type(x509.DNSName)
-        )
-    except x509.ExtensionNotFound:
-        dns_names = ()
-    common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = None
-    if common_names:
-        value = common_names[0].value
-        common_name = (value if isinstance(value, str) else value.decode()).lower().rstrip(".")
-    return dns_names, common_name
-
-
-def _check_validity(
-    certificate: x509.Certificate, path: str, now: float, warning_days: int, log: Logger
-) -> None:
-    not_after = certificate.not_valid_after_utc.timestamp()
-    if not_after < now:
-        raise TLSConfigError(
-            f"{path}: certificate expired on {certificate.not_valid_after_utc.isoformat()}"
-        )
-    if certificate.not_valid_before_utc.timestamp() > now:
-        log.warn(
-            "{path}: certificate is not valid before {not_before}",
-            path=path,
-            not_before=certificate.not_valid_before_utc.isoformat(),
-        )
-    if not_after - now < warning_days * 86400:
-        log.warn(
-            "{path}: certificate expires in {days} days, on {not_after}",
-            path=path,
-            days=int((not_after - now) // 86400),
-            not_after=certificate.not_valid_after_utc.isoformat(),
-        )
-
-
-def _load_certificate(
-    files: CertificateFiles, now: float, warning_days: int, log: Logger
-) -> _LoadedCertificate:
-    certificates = _read_certificates(files.cert, "certificate")
-    leaf, chain = certificates[0], list(certificates[1:])
-    if files.chain is not None:
-        chain.extend(_read_certificates(files.chain, "chain"))
-    key = _read_key(files.key)
-    if _spki(key.public_key()) != _spki(leaf.public_key()):
-        raise TLSConfigError(f"{files.key}: private key does not match certificate {files.cert}")
-    _check_validity(leaf, files.cert, now, warning_days, log)
-    dns_names, common_name = _names(leaf)
-    return _LoadedCertificate(
-        files=files,
-        leaf=leaf,
-        chain=tuple(chain),
-        key=key,
-        dns_names=dns_names,
-        common_name=common_name,
-    )
-
-
-def _load_ca_files(paths: Sequence[str]) -> list[x509.Certificate]:
-    authorities: list[x509.Certificate] = []
-    for path in paths:
-        try:
-            authorities.extend(_read_certificates(path, "CA"))
-        except TLSConfigError as e:
-            raise TLSConfigError(f"bad CA file {e}") from None
-    return authorities
 
 
 def _hostname_matches(pattern: str, name: str) -> bool:
@@ -607,7 +402,8 @@ def reload_on_sighup(
 
     @return: a callable that puts the previous handler back.
     """
-    log = Logger()
+    # The namespace of these messages stays the package's, as before it was split up.
+    log = Logger(namespace="twisted_rp.tls")
     previous = signal.getsignal(signal.SIGHUP)
 
     def reload_all() -> None:
@@ -651,141 +447,3 @@ class SighupReloadService(Service):
             self._uninstall()
             self._uninstall = None
         super().stopService()
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedClientTLS:
-    """
-    Client TLS that sends SNI but accepts any certificate.
-    """
-
-    def __init__(self, server_name: str, context: SSL.Context) -> None:
-        self._server_name = server_name
-        self._context = context
-
-    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = SSL.Connection(self._context, None)
-        if not _is_ip_address(self._server_name):
-            connection.set_tlsext_host_name(self._server_name.encode("idna"))
-        return connection
-
-
-def _is_ip_address(name: str) -> bool:
-    from twisted.internet.abstract import isIPAddress, isIPv6Address
-
-    return isIPAddress(name) or isIPv6Address(name)
-
-
-def _unverified_context(client_certificate: _LoadedCertificate | None) -> SSL.Context:
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_ALL)
-    context.set_verify(SSL.VERIFY_NONE)
-    if client_certificate is not None:
-        context.use_certificate(client_certificate.leaf)
-        context.use_privatekey(client_certificate.key)
-        for certificate in client_certificate.chain:
-            context.add_extra_chain_cert(certificate)
-    return context
-
-
-def client_tls(
-    server_name: str,
-    *,
-    verify: bool = True,
-    ca_files: Sequence[str] = (),
-    client_cert: CertificateFiles | None = None,
-) -> IOpenSSLClientConnectionCreator:
-    """
-    Client TLS for connecting to a backend.
-
-    @param server_name: sent as SNI and, with C{verify}, checked against the certificate with
-        service_identity (a DNS name or an IP address).
-    @param verify: check the certificate chain and name; when L{False} the caller should log
-        L{INSECURE_WARNING} at start-up.
-    @param ca_files: PEM files of trusted CAs; empty means the system trust store.
-    @param client_cert: a certificate to present (mutual TLS).
-    @raise TLSConfigError: a file is unusable.
-    """
-    loaded = None
-    if client_cert is not None:
-        loaded = _load_certificate(client_cert, time.time(), _CLIENT_EXPIRY_WARNING_DAYS, Logger())
-    if not verify:
-        return _UnverifiedClientTLS(server_name, _unverified_context(loaded))
-    extra: dict[str, Any] = {}
-    client_certificate = None
-    if loaded is not None:
-        client_certificate = twisted_ssl.PrivateCertificate.fromCertificateAndKeyPair(
-            twisted_ssl.Certificate(crypto.X509.from_cryptography(loaded.leaf)),
-            twisted_ssl.KeyPair(crypto.PKey.from_cryptography_key(loaded.key)),
-        )
-        if loaded.chain:
-            extra["extraCertChain"] = [
-                twisted_ssl.Certificate(crypto.X509.from_cryptography(c)) for c in loaded.chain
-            ]
-    trust_root: Any
-    if ca_files:
-        trust_root = twisted_ssl.trustRootFromCertificates(
-            [
-                twisted_ssl.Certificate(crypto.X509.from_cryptography(c))
-                for c in _load_ca_files(ca_files)
-            ]
-        )
-    else:
-        trust_root = twisted_ssl.platformTrust()
-    return twisted_ssl.optionsForClientTLS(
-        server_name,
-        trustRoot=trust_root,
-        clientCertificate=client_certificate,
-        extraCertificateOptions=extra or None,
-    )
-
-
-def _tls_connection(transport: object) -> SSL.Connection | None:
-    get_handle = getattr(transport, "getHandle", None)
-    if get_handle is None:
-        return None
-    handle = get_handle()
-    return handle if isinstance(handle, SSL.Connection) else None
-
-
-def client_cert_info(transport: object) -> ClientCertInfo:
-    """
-    What the client's certificate says, from a TLS transport after the handshake.
-
-    @param transport: the C{TLSMemoryBIOProtocol} a protocol was given as its transport.
-    @return: verify C{"NONE"} when no certificate was sent (or the transport is not TLS).
-    """
-    connection = _tls_connection(transport)
-    if connection is None:
-        return NO_CLIENT_CERT
-    peer = connection.get_peer_certificate(as_cryptography=True)
-    if peer is None:
-        return NO_CLIENT_CERT
-    der = peer.public_bytes(serialization.Encoding.DER)
-    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-    chain_der = tuple(
-        d for d in (c.public_bytes(serialization.Encoding.DER) for c in chain) if d != der
-    )
-    return ClientCertInfo(
-        verify="SUCCESS",
-        subject_dn=peer.subject.rfc4514_string(),
-        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
-        der=der,
-        chain_der=chain_der,
-    )
-
-
-def negotiated(transport: object) -> tuple[str | None, str | None]:
-    """
-    The TLS version (C{"TLSv1.3"}) and cipher name of a TLS transport after the handshake.
-
-    @return: C{(None, None)} for a transport that is not TLS or before the handshake.
-    """
-    connection = _tls_connection(transport)
-    if connection is None:
-        return None, None
-    cipher = connection.get_cipher_name()
-    if cipher is None:
-        return None, None
-    return connection.get_protocol_version_name(), cipher
