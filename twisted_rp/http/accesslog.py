@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from attrs import asdict, field, frozen
 from twisted.logger import Logger
@@ -21,6 +22,9 @@ from zope.interface import implementer
 from twisted_rp.http.message import AccessRecord
 from twisted_rp.interfaces import IAccessLog
 from twisted_rp.settings import LogSettings
+
+if TYPE_CHECKING:
+    from twisted_rp.http.exchange import Exchange
 
 FORMATS = ("combined", "json")
 
@@ -189,3 +193,35 @@ def access_log_from_settings(settings: LogSettings) -> AccessLog | None:
     if settings.access_file is None:
         return AccessLog.to_logger(settings.access)
     return AccessLog.to_file(settings.access, settings.access_file)
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("latin-1") if value else ""
+
+
+def exchange_record(exchange: Exchange) -> AccessRecord:
+    """The access record of a finished L{Exchange}."""
+    headers = exchange.head.headers
+    request = exchange.request
+    backend: Any = request.backend
+    tls = exchange.front.tls_parameters()
+    return AccessRecord(
+        client_ip=request.client_ip,
+        method=_text(exchange.client_method),
+        target=_text(exchange.client_target),
+        version=_text(exchange.client_version),
+        status=exchange.status,
+        bytes_sent=exchange.bytes_sent,
+        referer=_text(headers.get(b"referer")),
+        user_agent=_text(headers.get(b"user-agent")),
+        host=request.host,
+        request_id=request.request_id,
+        backend=backend.name if backend is not None else "",
+        pool=exchange.route.pool.name,
+        started=exchange.started,
+        duration=exchange.front.clock.seconds() - exchange.started,
+        backend_time=exchange.backend_time,
+        user=request.identity,
+        tls_version=tls[0],
+        tls_cipher=tls[1],
+    )

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as TypingProtocol
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -222,6 +224,32 @@ class BackendConnection(Protocol):
             sink.on_response_end()
         else:
             sink.on_backend_lost(reason)
+
+
+class BackendTLSError(ConnectError):
+    """The TLS handshake with a backend failed (verification, protocol)."""
+
+    def __str__(self) -> str:
+        return str(self.osError)
+
+
+def tls_failure(reason: Failure) -> str | None:
+    """A plain description of a TLS handshake failure, or L{None} for anything else."""
+    if reason.check(VerificationError):
+        errors = getattr(reason.value, "errors", [])
+        names = [
+            getattr(getattr(e, "mismatched_id", None), "hostname", b"").decode("ascii", "replace")
+            for e in errors
+        ]
+        wanted = ", ".join(n for n in names if n) or "the expected name"
+        return f"TLS: the backend's certificate is not valid for {wanted}"
+    if reason.check(SSL.Error):
+        # pyOpenSSL's errors are a list of (library, function, reason) triples.
+        args = getattr(reason.value, "args", ())
+        triples = args[0] if args and isinstance(args[0], list) else []
+        details = [part for triple in triples for part in triple if part]
+        return f"TLS handshake with the backend failed: {'; '.join(details) or reason.value}"
+    return None
 
 
 class _ConnectingFactory(ClientFactory):

@@ -5,37 +5,32 @@ the request body out and the response back, and reporting how it went.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from twisted_rp.http.accesslog import exchange_record
+from twisted_rp.http.backend import BackendTLSError, tls_failure
 from twisted_rp.http.body import LAST_CHUNK, ChunkedDecoder, LengthDecoder, encode_chunk
-from twisted_rp.http.forwarding import remove_hop_by_hop
+from twisted_rp.http.flow import Valve
 from twisted_rp.http.message import (
-    AccessRecord,
     ErrorResponse,
     HTTPError,
     ProxyRequest,
     RequestHead,
-    ResponseHead,
 )
-from twisted_rp.http.parser import Framing, RequestInfo, ResponseInfo
+from twisted_rp.http.parser import RequestInfo
+from twisted_rp.http.response import ResponseHeads
 from twisted_rp.http.routing import Route
 from twisted_rp.pool.backend import (
     Lease,
     NoBackendAvailable,
     Outcome,
     PickContext,
-    StickyResponse,
 )
 
 if TYPE_CHECKING:
@@ -53,79 +48,20 @@ _NOTHING: frozenset[bytes] = frozenset()
 _RESPONSE_FRAMING = frozenset({b"content-length"})
 
 
-@implementer(IPushProducer)
-class Valve:
-    """A push producer that calls C{pause} and C{resume}; used to link two transports."""
-
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-        self.pauseProducing = pause
-        self.resumeProducing = resume
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class BackendTLSError(ConnectError):
-    """The TLS handshake with a backend failed (verification, protocol)."""
-
-    def __str__(self) -> str:
-        return str(self.osError)
-
-
-def _tls_failure(reason: Failure) -> str | None:
-    """A plain description of a TLS handshake failure, or L{None} for anything else."""
-    if reason.check(VerificationError):
-        errors = getattr(reason.value, "errors", [])
-        names = [
-            getattr(getattr(e, "mismatched_id", None), "hostname", b"").decode("ascii", "replace")
-            for e in errors
-        ]
-        wanted = ", ".join(n for n in names if n) or "the expected name"
-        return f"TLS: the backend's certificate is not valid for {wanted}"
-    if reason.check(SSL.Error):
-        # pyOpenSSL's errors are a list of (library, function, reason) triples.
-        args = getattr(reason.value, "args", ())
-        triples = args[0] if args and isinstance(args[0], list) else []
-        details = [part for triple in triples for part in triple if part]
-        return f"TLS handshake with the backend failed: {'; '.join(details) or reason.value}"
-    return None
-
-
-class _HTTPStickyResponse(StickyResponse):
-    """A response head as stickiness sees it: its Set-Cookie fields, and a way to add one."""
-
-    def __init__(self, head: ResponseHead) -> None:
-        self._head = head
-
-    def header_values(self, name: str) -> list[str]:
-        return [v.decode("latin-1") for v in self._head.headers.get_all(name.encode("latin-1"))]
-
-    def set_cookie(self, value: str) -> None:
-        self._head.headers.add(b"Set-Cookie", value.encode("latin-1"))
-
-
-def _text(value: bytes | None) -> str:
-    return value.decode("latin-1") if value else ""
-
-
-class Exchange:
+class Exchange(ResponseHeads):
     """
     A request from one client connection and the response to it.
     """
 
     __slots__ = (
         "_early",
-        "_out",
         "attempts",
-        "backend_time",
-        "bind_connection",
         "body_producer",
         "body_received",
         "bytes_sent",
         "client_method",
         "client_target",
         "client_version",
-        "close_after",
         "connection",
         "context",
         "decoder",
@@ -139,13 +75,10 @@ class Exchange:
         "lease",
         "request",
         "request_done",
-        "response_chunked",
-        "response_started",
         "route",
         "sent_at",
         "stale_retried",
         "started",
-        "status",
         "upgrade",
     )
 
@@ -492,112 +425,6 @@ class Exchange:
 
     # Response side (a ResponseSink for BackendConnection)
 
-    def on_informational(self, head: ResponseHead) -> bool:
-        if head.status == 101 and self.upgrade is not None:
-            self.on_response_head(head, ResponseInfo(Framing("none"), []))
-            self.front.start_tunnel(self)
-            return True
-        if head.status != 100 and self.client_version == b"HTTP/1.1":
-            remove_hop_by_hop(head.headers, [])
-            self._out.append(self._serialize_head(head))
-        return False
-
-    def on_response_head(self, head: ResponseHead, info: ResponseInfo) -> None:
-        front = self.front
-        self.response_started = True
-        self.status = head.status
-        self.backend_time = front.clock.seconds() - self.sent_at
-        framing = info.framing
-        connection = info.connection
-        headers = head.headers
-        kind = framing.kind
-        if info.cut is not None and headers.raw is not None and kind == "length":
-            self._fast_response_head(head, info.cut, headers.raw)
-            return
-        if head.status == 101:
-            self.close_after = True
-            remove_hop_by_hop(headers, connection, _NOTHING)
-            headers.fields = [f for f in headers.fields if f[0] != b"connection"]
-            headers.add(b"Connection", b"upgrade")
-            headers.add(b"Upgrade", self.upgrade or b"")
-        else:
-            # A bodiless response (HEAD, 204, 304) keeps its Content-Length: it describes the
-            # representation, not this message.
-            remove_hop_by_hop(
-                headers, connection, _NOTHING if kind == "none" else _RESPONSE_FRAMING
-            )
-            client_11 = self.client_version == b"HTTP/1.1"
-            if kind == "length":
-                headers.fields.append(
-                    [b"content-length", b"Content-Length", b"%d" % framing.length]
-                )
-            elif kind != "none":
-                if client_11:
-                    headers.fields.append([b"transfer-encoding", b"Transfer-Encoding", b"chunked"])
-                    self.response_chunked = True
-                else:
-                    self.close_after = True
-            if not self.request_done or front.closing or not front.wants_keepalive:
-                self.close_after = True
-            if self.close_after:
-                headers.fields.append([b"connection", b"Connection", b"close"])
-            elif not client_11:
-                headers.fields.append([b"connection", b"Connection", b"keep-alive"])
-        self._response_hooks(head)
-        self._out.append(self._serialize_head(head))
-
-    def _response_hooks(self, head: ResponseHead) -> None:
-        """Stickiness, connection-bound authentication, then the route's rewriters."""
-        pool = self.route.pool
-        hsts = self.front.factory.hsts
-        if (
-            hsts is not None
-            and head.headers.raw is None
-            and b"strict-transport-security" not in head.headers
-        ):
-            head.headers.add(b"Strict-Transport-Security", hsts)
-        lease = self.lease
-        sticky = getattr(pool, "stickiness", None)
-        if lease is not None and self.context is not None and sticky is not None:
-            pool.sticky_response_done(self.context, lease.backend, _HTTPStickyResponse(head))
-        if head.status == 401 and not self.bind_connection:
-            for challenge in head.headers.get_all(b"www-authenticate"):
-                if challenge.lower().startswith(_CONNECTION_AUTH):
-                    self.bind_connection = True
-                    break
-        request = self.request
-        for rewriter in self.route.response_rewriters:
-            rewriter.rewrite_response(request, head)
-
-    def _fast_response_head(self, head: ResponseHead, cut: tuple[int, int], raw: bytes) -> None:
-        # The common response: plain Content-Length, at most a Connection field to drop.
-        front = self.front
-        start, end = cut
-        if end:
-            raw = raw[:start] + raw[end:]
-        if not self.request_done or front.closing or not front.wants_keepalive:
-            self.close_after = True
-        if self.close_after:
-            raw = raw + b"\r\nConnection: close" if raw else b"Connection: close"
-        elif self.client_version != b"HTTP/1.1":
-            raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
-        hsts = front.factory.hsts
-        if hsts is not None and b"strict-transport-security:" not in raw.lower():
-            field = b"Strict-Transport-Security: " + hsts
-            raw = raw + b"\r\n" + field if raw else field
-        head.headers.replace_raw(raw)
-        route = self.route
-        if (
-            head.status == 401
-            or route.response_rewriters
-            or getattr(route.pool, "stickiness", None) is not None
-        ):
-            self._response_hooks(head)
-        self._out.append(self._serialize_head(head))
-
-    def _serialize_head(self, head: ResponseHead) -> bytes:
-        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, head.headers.serialize())
-
     def on_response_body(self, pieces: list[bytes]) -> None:
         for piece in pieces:
             self.bytes_sent += len(piece)
@@ -634,7 +461,7 @@ class Exchange:
 
     def on_backend_lost(self, reason: Failure) -> None:
         connection = self.connection
-        tls_problem = _tls_failure(reason)
+        tls_problem = tls_failure(reason)
         if tls_problem is not None and connection is not None:
             # The handshake failed: the connection was never established and nothing reached
             # the backend, so this is a connect failure (retried elsewhere like one).
@@ -753,29 +580,4 @@ class Exchange:
     def _log_access(self) -> None:
         access_log = self.front.access_log
         assert access_log is not None
-        headers = self.head.headers
-        request = self.request
-        backend: Any = request.backend
-        tls = self.front.tls_parameters()
-        access_log.log(
-            AccessRecord(
-                client_ip=request.client_ip,
-                method=_text(self.client_method),
-                target=_text(self.client_target),
-                version=_text(self.client_version),
-                status=self.status,
-                bytes_sent=self.bytes_sent,
-                referer=_text(headers.get(b"referer")),
-                user_agent=_text(headers.get(b"user-agent")),
-                host=request.host,
-                request_id=request.request_id,
-                backend=backend.name if backend is not None else "",
-                pool=self.route.pool.name,
-                started=self.started,
-                duration=self.front.clock.seconds() - self.started,
-                backend_time=self.backend_time,
-                user=request.identity,
-                tls_version=tls[0],
-                tls_cipher=tls[1],
-            )
-        )
+        access_log.log(exchange_record(self))

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_rp.http.backend import BackendConnection, BackendConnections
-from twisted_rp.http.exchange import Exchange, Valve
+from twisted_rp.http.exchange import Exchange
+from twisted_rp.http.flow import Valve
 from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
     AccessRecord,

@@ -1,0 +1,180 @@
+"""
+The response head a client gets: framing for its connection, hop-by-hop fields removed, and
+the hooks that may change it (stickiness, connection-bound authentication, rewriters).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from twisted_rp.http.forwarding import remove_hop_by_hop
+from twisted_rp.http.message import ProxyRequest, ResponseHead
+from twisted_rp.http.parser import Framing, ResponseInfo
+from twisted_rp.http.routing import Route
+from twisted_rp.pool.backend import Lease, PickContext, StickyResponse
+
+if TYPE_CHECKING:
+    from twisted_rp.http.exchange import Exchange
+    from twisted_rp.http.proxy import HTTPProxyProtocol
+
+_NOTHING: frozenset[bytes] = frozenset()
+_UPGRADE = frozenset({b"upgrade"})
+#: Response fields the proxy re-creates for the client connection.
+_RESPONSE_FRAMING = frozenset({b"content-length"})
+#: Connection-oriented authentication: the client connection must keep its backend connection.
+_CONNECTION_AUTH = (b"ntlm", b"negotiate")
+
+
+class _HTTPStickyResponse(StickyResponse):
+    """A response head as stickiness sees it: its Set-Cookie fields, and a way to add one."""
+
+    def __init__(self, head: ResponseHead) -> None:
+        self._head = head
+
+    def header_values(self, name: str) -> list[str]:
+        return [v.decode("latin-1") for v in self._head.headers.get_all(name.encode("latin-1"))]
+
+    def set_cookie(self, value: str) -> None:
+        self._head.headers.add(b"Set-Cookie", value.encode("latin-1"))
+
+
+class ResponseHeads:
+    """
+    The response-head half of an L{twisted_rp.http.exchange.Exchange} (a mixin: the state
+    it uses lives on the exchange).
+    """
+
+    # The response-side state; the exchange declares the rest.
+    __slots__ = (
+        "_out",
+        "backend_time",
+        "bind_connection",
+        "close_after",
+        "response_chunked",
+        "response_started",
+        "status",
+    )
+
+    _out: list[bytes]
+    backend_time: float | None
+    bind_connection: bool
+    close_after: bool
+    response_chunked: bool
+    response_started: bool
+    status: int
+
+    front: HTTPProxyProtocol
+    route: Route
+    request: ProxyRequest
+    lease: Lease | None
+    context: PickContext | None
+    upgrade: bytes | None
+    client_version: bytes
+    request_done: bool
+    sent_at: float
+
+    def on_informational(self, head: ResponseHead) -> bool:
+        if head.status == 101 and self.upgrade is not None:
+            self.on_response_head(head, ResponseInfo(Framing("none"), []))
+            self.front.start_tunnel(cast("Exchange", self))
+            return True
+        if head.status != 100 and self.client_version == b"HTTP/1.1":
+            remove_hop_by_hop(head.headers, [])
+            self._out.append(self._serialize_head(head))
+        return False
+
+    def on_response_head(self, head: ResponseHead, info: ResponseInfo) -> None:
+        front = self.front
+        self.response_started = True
+        self.status = head.status
+        self.backend_time = front.clock.seconds() - self.sent_at
+        framing = info.framing
+        connection = info.connection
+        headers = head.headers
+        kind = framing.kind
+        if info.cut is not None and headers.raw is not None and kind == "length":
+            self._fast_response_head(head, info.cut, headers.raw)
+            return
+        if head.status == 101:
+            self.close_after = True
+            remove_hop_by_hop(headers, connection, _NOTHING)
+            headers.fields = [f for f in headers.fields if f[0] != b"connection"]
+            headers.add(b"Connection", b"upgrade")
+            headers.add(b"Upgrade", self.upgrade or b"")
+        else:
+            # A bodiless response (HEAD, 204, 304) keeps its Content-Length: it describes the
+            # representation, not this message.
+            remove_hop_by_hop(
+                headers, connection, _NOTHING if kind == "none" else _RESPONSE_FRAMING
+            )
+            client_11 = self.client_version == b"HTTP/1.1"
+            if kind == "length":
+                headers.fields.append(
+                    [b"content-length", b"Content-Length", b"%d" % framing.length]
+                )
+            elif kind != "none":
+                if client_11:
+                    headers.fields.append([b"transfer-encoding", b"Transfer-Encoding", b"chunked"])
+                    self.response_chunked = True
+                else:
+                    self.close_after = True
+            if not self.request_done or front.closing or not front.wants_keepalive:
+                self.close_after = True
+            if self.close_after:
+                headers.fields.append([b"connection", b"Connection", b"close"])
+            elif not client_11:
+                headers.fields.append([b"connection", b"Connection", b"keep-alive"])
+        self._response_hooks(head)
+        self._out.append(self._serialize_head(head))
+
+    def _response_hooks(self, head: ResponseHead) -> None:
+        """Stickiness, connection-bound authentication, then the route's rewriters."""
+        pool = self.route.pool
+        hsts = self.front.factory.hsts
+        if (
+            hsts is not None
+            and head.headers.raw is None
+            and b"strict-transport-security" not in head.headers
+        ):
+            head.headers.add(b"Strict-Transport-Security", hsts)
+        lease = self.lease
+        sticky = getattr(pool, "stickiness", None)
+        if lease is not None and self.context is not None and sticky is not None:
+            pool.sticky_response_done(self.context, lease.backend, _HTTPStickyResponse(head))
+        if head.status == 401 and not self.bind_connection:
+            for challenge in head.headers.get_all(b"www-authenticate"):
+                if challenge.lower().startswith(_CONNECTION_AUTH):
+                    self.bind_connection = True
+                    break
+        request = self.request
+        for rewriter in self.route.response_rewriters:
+            rewriter.rewrite_response(request, head)
+
+    def _fast_response_head(self, head: ResponseHead, cut: tuple[int, int], raw: bytes) -> None:
+        # The common response: plain Content-Length, at most a Connection field to drop.
+        front = self.front
+        start, end = cut
+        if end:
+            raw = raw[:start] + raw[end:]
+        if not self.request_done or front.closing or not front.wants_keepalive:
+            self.close_after = True
+        if self.close_after:
+            raw = raw + b"\r\nConnection: close" if raw else b"Connection: close"
+        elif self.client_version != b"HTTP/1.1":
+            raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
+        hsts = front.factory.hsts
+        if hsts is not None and b"strict-transport-security:" not in raw.lower():
+            field = b"Strict-Transport-Security: " + hsts
+            raw = raw + b"\r\n" + field if raw else field
+        head.headers.replace_raw(raw)
+        route = self.route
+        if (
+            head.status == 401
+            or route.response_rewriters
+            or getattr(route.pool, "stickiness", None) is not None
+        ):
+            self._response_hooks(head)
+        self._out.append(self._serialize_head(head))
+
+    def _serialize_head(self, head: ResponseHead) -> bytes:
+        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, head.headers.serialize())
