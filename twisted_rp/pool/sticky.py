@@ -417,12 +417,48 @@ class CookieStickiness:
         response.set_cookie(self.set_cookie_value(backend.name))
 
 
+# -- kinds keyed in a table ---------------------------------------------------------------------
+
+
+class _TableAffinity:
+    """
+    What the table-backed kinds share: a bounded, expiring table of keys to backend names,
+    each kind saying what the key of a request is (L{_key}).
+    """
+
+    max_entries: int
+    expiry: float
+    clock: IReactorTime | None
+    _table: _AffinityTable
+
+    def __attrs_post_init__(self) -> None:
+        self._table = _AffinityTable(self.max_entries, self.expiry)
+
+    def __len__(self) -> int:
+        """How many keys are remembered (expired ones may linger until touched)."""
+        return len(self._table)
+
+    def _key(self, context: PickContext) -> str | None:
+        raise NotImplementedError
+
+    def pinned(self, context: PickContext) -> str | None:
+        key = self._key(context)
+        if not key:
+            return None
+        return self._table.lookup(key, _now(self.clock))
+
+    def pin(self, context: PickContext, backend: Backend, response: StickyResponse) -> None:
+        key = self._key(context)
+        if key:
+            self._table.remember(key, backend.name, _now(self.clock), None)
+
+
 # -- the application's session cookie ----------------------------------------------------------
 
 
 @implementer(IStickiness)
 @define(eq=False)
-class AppCookieStickiness:
+class AppCookieStickiness(_TableAffinity):
     """
     Affinity through the application's own session cookie (C{JSESSIONID},
     C{ASP.NET_SessionId}, C{PHPSESSID}...), learnt from the backends' C{Set-Cookie}.
@@ -444,18 +480,8 @@ class AppCookieStickiness:
     strict: bool = False
     _table: _AffinityTable = field(init=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        self._table = _AffinityTable(self.max_entries, self.expiry)
-
-    def __len__(self) -> int:
-        """How many sessions are remembered (expired ones may linger until touched)."""
-        return len(self._table)
-
-    def pinned(self, context: PickContext) -> str | None:
-        session = context.cookie(self.cookie)
-        if not session:
-            return None
-        return self._table.lookup(session, _now(self.clock))
+    def _key(self, context: PickContext) -> str | None:
+        return context.cookie(self.cookie)
 
     def pin(self, context: PickContext, backend: Backend, response: StickyResponse) -> None:
         now = _now(self.clock)
@@ -490,7 +516,7 @@ def _canonical_ip(address: str) -> str:
 
 @implementer(IStickiness)
 @define(eq=False)
-class SourceIPStickiness:
+class SourceIPStickiness(_TableAffinity):
     """
     Affinity by client address: each address keeps its backend until it has been idle for
     C{expiry} seconds; at most C{max_entries} addresses, least recently used evicted first.
@@ -504,22 +530,8 @@ class SourceIPStickiness:
     strict: bool = False
     _table: _AffinityTable = field(init=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        self._table = _AffinityTable(self.max_entries, self.expiry)
-
-    def __len__(self) -> int:
-        """How many addresses are remembered (expired ones may linger until touched)."""
-        return len(self._table)
-
-    def pinned(self, context: PickContext) -> str | None:
-        if not context.client_ip:
-            return None
-        return self._table.lookup(_canonical_ip(context.client_ip), _now(self.clock))
-
-    def pin(self, context: PickContext, backend: Backend, response: StickyResponse) -> None:
-        if context.client_ip:
-            key = _canonical_ip(context.client_ip)
-            self._table.remember(key, backend.name, _now(self.clock), None)
+    def _key(self, context: PickContext) -> str | None:
+        return _canonical_ip(context.client_ip) if context.client_ip else None
 
 
 # -- the user name ---------------------------------------------------------------------------
@@ -527,7 +539,7 @@ class SourceIPStickiness:
 
 @implementer(IStickiness)
 @define(eq=False)
-class UserStickiness:
+class UserStickiness(_TableAffinity):
     """
     Affinity by user name (L{PickContext.user}, which the FTP side sets from C{USER}): each
     user keeps the backend it logged in on, from whatever address, until it has been idle for
@@ -546,21 +558,8 @@ class UserStickiness:
     strict: bool = False
     _table: _AffinityTable = field(init=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        self._table = _AffinityTable(self.max_entries, self.expiry)
-
-    def __len__(self) -> int:
-        """How many users are remembered (expired ones may linger until touched)."""
-        return len(self._table)
-
-    def pinned(self, context: PickContext) -> str | None:
-        if not context.user:
-            return None
-        return self._table.lookup(context.user, _now(self.clock))
-
-    def pin(self, context: PickContext, backend: Backend, response: StickyResponse) -> None:
-        if context.user:
-            self._table.remember(context.user, backend.name, _now(self.clock), None)
+    def _key(self, context: PickContext) -> str | None:
+        return context.user
 
 
 #: The stickiness kinds by configuration name; each value is called with that kind's options.
