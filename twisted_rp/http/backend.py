@@ -102,8 +102,6 @@ class BackendConnection(Protocol):
     def detach(self) -> None:
         """The exchange is done with this connection; keep it for reuse if that is safe."""
         self.sink = None
-        if self.transport is not None and self.transport.producer is not None:
-            self.transport.unregisterProducer()
         if self.reusable and self._state == _DONE and not self._buffer:
             self.pool.keep(self)
         else:

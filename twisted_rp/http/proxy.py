@@ -9,7 +9,7 @@ import base64
 from http import HTTPStatus
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -497,7 +497,6 @@ class HTTPProxyFactory(Factory):
         self.connections = connections or BackendConnections(
             reactor, reactor, settings.timeouts, settings.limits, send_now
         )
-        self._reactor_tcp: IReactorTCP = reactor
 
     def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
         return HTTPProxyProtocol(self)
