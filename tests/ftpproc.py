@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from tests.proxyproc import _REPO, ProxyProcess
+from tests.proxyproc import _REPO, ProxyProcess, begin_logging
 
 #: The accounts of every L{FTPTestServer}.
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -292,27 +292,6 @@ class FTPProxyProcess(ProxyProcess):
         return process
 
 
-def _begin_logging() -> None:
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
-    # Logging must begin, or every event would be kept in memory waiting for an observer.
-    globalLogBeginner.beginLoggingTo(
-        [
-            FilteringLogObserver(
-                textFileLogObserver(sys.stderr),
-                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
-            )
-        ],
-        redirectStandardIO=False,
-    )
-
-
 def main(arguments: Sequence[str]) -> None:
     """Run the proxy or a backend (see the module's docstring) until SIGTERM."""
     from twisted.internet import reactor as global_reactor
@@ -320,7 +299,7 @@ def main(arguments: Sequence[str]) -> None:
     from twisted_rp.ftp import FTPProxyFactory
     from twisted_rp.pool import Backend, BackendPool
 
-    _begin_logging()
+    begin_logging()
     reactor: Any = global_reactor
     role, *rest = arguments
     if role == "proxy":

@@ -139,9 +139,8 @@ class ProxyProcess(ProcessProtocol):
         return self.exit_reason is not None and self.exit_reason.check(ProcessDone) is not None
 
 
-def main(backend_ports: Sequence[int]) -> None:
-    """Run the proxy with default settings in front of C{backend_ports} until SIGTERM."""
-    from twisted.internet import reactor as global_reactor
+def begin_logging() -> None:
+    """Send warnings and worse to stderr, in a proxy subprocess whose memory is measured."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -149,10 +148,6 @@ def main(backend_ports: Sequence[int]) -> None:
         globalLogBeginner,
         textFileLogObserver,
     )
-
-    from twisted_rp.http.proxy import HTTPProxyFactory
-    from twisted_rp.http.routing import Route, Router
-    from twisted_rp.pool import Backend, BackendPool
 
     # Logging must begin, or every event would be kept in memory waiting for an observer.
     globalLogBeginner.beginLoggingTo(
@@ -164,6 +159,17 @@ def main(backend_ports: Sequence[int]) -> None:
         ],
         redirectStandardIO=False,
     )
+
+
+def main(backend_ports: Sequence[int]) -> None:
+    """Run the proxy with default settings in front of C{backend_ports} until SIGTERM."""
+    from twisted.internet import reactor as global_reactor
+
+    from twisted_rp.http.proxy import HTTPProxyFactory
+    from twisted_rp.http.routing import Route, Router
+    from twisted_rp.pool import Backend, BackendPool
+
+    begin_logging()
     reactor: Any = global_reactor
     backends: list[Any] = [
         Backend(f"b{i}", "127.0.0.1", port) for i, port in enumerate(backend_ports, 1)
