@@ -7,7 +7,8 @@ an L{Outcome}.  HTTP requests additionally pass through authenticators and rewri
 order::
 
     parse head -> route -> IAuthenticator(s) -> IRequestRewriter(s) -> IBackendPool.pick
-      -> backend -> response head -> IResponseRewriter(s) -> client
+      -> backend -> response head -> IResponseRewriter(s) -> IResponseBodyFilter(s)
+      -> client
 
 Implementations are ordinary objects declared with C{@implementer}; the data they see is
 described by the attrs classes in L{twisted_rp.pool.backend} and L{twisted_rp.http.message}.
@@ -121,6 +122,56 @@ class IResponseRewriter(Interface):
         """
 
 
+class IResponseBodyFilter(Interface):
+    """
+    Transforms response bodies on a route, as they stream (substitution, compression).
+
+    For each request on the route, C{prepare_request} runs after the request rewriters.  For
+    each final response that has a body (never for a C{HEAD} request, 1xx, 204, 304, an
+    empty body, or a 101 tunnel), C{start} runs after the response rewriters, in the route's
+    order, each filter seeing the head the ones before it left.  The proxy then removes
+    C{Content-Length} and sends the body chunked (or closes after it, for an HTTP/1.0 client)
+    if any filter took the response.  Body bytes go through the filters in the same order.
+    """
+
+    def prepare_request(request):  # type: ignore[no-untyped-def]
+        """
+        Adjust the request before it goes to the backend (for example ask for an unencoded
+        body); must not block.
+
+        @param request: the L{twisted_rp.http.message.ProxyRequest}.
+        """
+
+    def start(request, response):  # type: ignore[no-untyped-def]
+        """
+        Decide whether to transform this response; may change C{response.headers} (but not
+        the framing fields, which the proxy sets).
+
+        @param request: the L{twisted_rp.http.message.ProxyRequest}.
+        @param response: the L{twisted_rp.http.message.ResponseHead} about to be sent.
+        @return: an L{IBodyTransform} for this response's body, or L{None} to leave it alone.
+        """
+
+
+class IBodyTransform(Interface):
+    """
+    One response body being transformed.  Each call returns the bytes to send now (possibly
+    empty); it must hold back no more than a small bounded amount, never the whole body.
+    """
+
+    def feed(data):  # type: ignore[no-untyped-def]
+        """Transform C{data} (C{bytes}), the next body bytes from the backend."""
+
+    def flush():  # type: ignore[no-untyped-def]
+        """
+        Everything that can be sent now: called after the body bytes of each read from the
+        backend, so that a streamed page reaches the client as it is produced.
+        """
+
+    def finish():  # type: ignore[no-untyped-def]
+        """The body ended: the last bytes (no call follows)."""
+
+
 class IAccessLog(Interface):
     """
     Receives one record per completed (or failed) request.
@@ -188,3 +239,108 @@ class IPoolObserver(Interface):
         @param reason: a short human-readable reason (C{"3 failed checks: connection
             refused"}).
         """
+
+
+class IExtension(Interface):
+    """
+    A named, configurable extension the configuration file can use: a middleware (any of
+    L{IAuthenticator}, L{IRequestRewriter}, L{IResponseRewriter}) named by a route, or a
+    pool's L{IBalancer}, L{IStickiness} or L{IHealthMonitor}.
+
+    Third-party ones are found as Twisted plugins (module-level objects providing this and
+    C{twisted.plugin.IPlugin} in a C{twisted/plugins/} package) or by dotted name.
+    L{twisted_rp.extensions.Extension} implements this for a plain class or factory function.
+    """
+
+    name = Attribute("The name (C{str}) the configuration uses for it.")
+    kind = Attribute(
+        'What it builds: C{"middleware"}, C{"balancer"}, C{"stickiness"} or C{"health_check"}.'
+    )
+
+    def parse(options):  # type: ignore[no-untyped-def]
+        """
+        Validate the extension's options when the configuration is read.
+
+        @param options: a L{twisted_rp.extensions.ExtensionOptions}, whose C{error} makes the
+            configuration error that names the exact key.
+        @return: the settings L{build} gets (preferably immutable).
+        @raise twisted_rp.config.ConfigError: an option is missing, unknown or wrong.
+        """
+
+    def build(settings, reactor):  # type: ignore[no-untyped-def]
+        """
+        Make the extension when the service is built.
+
+        @param settings: what L{parse} returned.
+        @param reactor: the reactor the proxy runs on.
+        @return: the provider (of the interfaces the kind names).
+        @raise ValueError: something the settings name cannot be used (reported as a
+            configuration error naming the extension's table).
+        @raise OSError: a file the settings name cannot be read (likewise).
+        """
+
+
+class IOutcomeObserver(Interface):
+    """
+    Told how every use of a pool's backends ended (the admin side's statistics subscribe).
+    Called on the hot path, once per request or session: it must be quick and must not raise.
+    """
+
+    def outcome(pool, backend, outcome):  # type: ignore[no-untyped-def]
+        """
+        A lease on C{backend} (a L{twisted_rp.pool.backend.Backend}) was released.
+
+        @param pool: the pool's name.
+        @param outcome: the L{twisted_rp.pool.backend.Outcome}.
+        """
+
+
+class IRequestObserver(Interface):
+    """
+    Told of every HTTP request a listener answered, whether or not a backend was involved.
+    Called once per request: it must be quick and must not raise.
+    """
+
+    def request_done(route, pool, backend, status, duration):  # type: ignore[no-untyped-def]
+        """
+        @param route: the route's name (C{"route[0]"}), C{""} when none matched.
+        @param pool: the pool's name, C{""} without a route.
+        @param backend: the name of the backend that answered, C{""} when none did.
+        @param status: the status sent to the client (C{int}).
+        @param duration: seconds from the request head to the end of the response.
+        """
+
+
+class IFTPObserver(Interface):
+    """
+    Told of FTP sessions and data transfers.
+    """
+
+    def session_opened():  # type: ignore[no-untyped-def]
+        """A client's control connection was accepted."""
+
+    def session_closed():  # type: ignore[no-untyped-def]
+        """A session L{session_opened} announced has ended."""
+
+    def data_done(to_client, to_backend):  # type: ignore[no-untyped-def]
+        """
+        A data channel closed after relaying C{to_client} bytes from the backend to the
+        client and C{to_backend} bytes the other way.
+        """
+
+
+class ITLSObserver(Interface):
+    """
+    Told of the TLS handshakes of a listener.
+    """
+
+    def handshake_done(version, resumed):  # type: ignore[no-untyped-def]
+        """
+        A client's handshake completed.
+
+        @param version: the protocol version, like C{"TLSv1.3"}.
+        @param resumed: whether an earlier session was resumed.
+        """
+
+    def handshake_failed():  # type: ignore[no-untyped-def]
+        """A client's handshake failed (a fatal alert sent or received, or not TLS at all)."""

@@ -5,13 +5,19 @@ the hooks that may change it (stickiness, connection-bound authentication, rewri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_rp.http.body import encode_chunk
 from twisted_rp.http.forwarding import remove_hop_by_hop
 from twisted_rp.http.message import ProxyRequest, ResponseHead
 from twisted_rp.http.parser import Framing, ResponseInfo
 from twisted_rp.http.routing import Route
-from twisted_rp.pool.backend import Lease, PickContext, StickyResponse
+from twisted_rp.interfaces import IBodyTransform
+from twisted_rp.pool.backend import Lease, Outcome, PickContext, StickyResponse
 
 if TYPE_CHECKING:
     from twisted_rp.http.exchange import Exchange
@@ -38,6 +44,34 @@ class _HTTPStickyResponse(StickyResponse):
         self._head.headers.add(b"Set-Cookie", value.encode("latin-1"))
 
 
+@implementer(IBodyTransform)
+class FilterChain:
+    """Several body transforms applied one after the other, as one."""
+
+    def __init__(self, transforms: Sequence[IBodyTransform]) -> None:
+        self._transforms = tuple(transforms)
+
+    def feed(self, data: bytes) -> bytes:
+        for transform in self._transforms:
+            data = transform.feed(data)
+        return data
+
+    def flush(self) -> bytes:
+        data = b""
+        for transform in self._transforms:
+            # What one transform releases on flush must reach the next before it flushes.
+            data = transform.feed(data) if data else b""
+            data += transform.flush()
+        return data
+
+    def finish(self) -> bytes:
+        data = b""
+        for transform in self._transforms:
+            data = transform.feed(data) if data else b""
+            data += transform.finish()
+        return data
+
+
 class ResponseHeads:
     """
     The response-head half of an L{twisted_rp.http.exchange.Exchange} (a mixin: the state
@@ -49,6 +83,7 @@ class ResponseHeads:
         "_out",
         "backend_time",
         "bind_connection",
+        "body_filter",
         "close_after",
         "response_chunked",
         "response_started",
@@ -58,6 +93,7 @@ class ResponseHeads:
     _out: list[bytes]
     backend_time: float | None
     bind_connection: bool
+    body_filter: IBodyTransform | None
     close_after: bool
     response_chunked: bool
     response_started: bool
@@ -72,6 +108,8 @@ class ResponseHeads:
     client_version: bytes
     request_done: bool
     sent_at: float
+
+    _log = Logger()
 
     def on_informational(self, head: ResponseHead) -> bool:
         if head.status == 101 and self.upgrade is not None:
@@ -93,7 +131,7 @@ class ResponseHeads:
         headers = head.headers
         kind = framing.kind
         if info.cut is not None and headers.raw is not None and kind == "length":
-            self._fast_response_head(head, info.cut, headers.raw)
+            self._fast_response_head(head, info.cut, headers.raw, framing)
             return
         if head.status == 101:
             self.close_after = True
@@ -124,10 +162,10 @@ class ResponseHeads:
                 headers.fields.append([b"connection", b"Connection", b"close"])
             elif not client_11:
                 headers.fields.append([b"connection", b"Connection", b"keep-alive"])
-        self._response_hooks(head)
+        self._response_hooks(head, framing)
         self._out.append(self._serialize_head(head))
 
-    def _response_hooks(self, head: ResponseHead) -> None:
+    def _response_hooks(self, head: ResponseHead, framing: Framing) -> None:
         """Stickiness, connection-bound authentication, then the route's rewriters."""
         pool = self.route.pool
         hsts = self.front.factory.hsts
@@ -147,10 +185,81 @@ class ResponseHeads:
                     self.bind_connection = True
                     break
         request = self.request
-        for rewriter in self.route.response_rewriters:
+        route = self.route
+        for rewriter in route.response_rewriters:
             rewriter.rewrite_response(request, head)
+        filters = route.response_body_filters
+        if filters and framing.kind != "none" and (framing.kind != "length" or framing.length):
+            self._start_body_filters(head, framing)
 
-    def _fast_response_head(self, head: ResponseHead, cut: tuple[int, int], raw: bytes) -> None:
+    def _start_body_filters(self, head: ResponseHead, framing: Framing) -> None:
+        """Let the route's body filters take the response, and re-frame it if any did."""
+        request = self.request
+        transforms: list[IBodyTransform] = []
+        for body_filter in self.route.response_body_filters:
+            try:
+                transform = body_filter.start(request, head)
+            except Exception:
+                self._log.failure("response body filter {f!r} failed", f=body_filter)
+                continue
+            if transform is not None:
+                transforms.append(transform)
+        if not transforms:
+            return
+        self.body_filter = transforms[0] if len(transforms) == 1 else FilterChain(transforms)
+        if framing.kind != "length":
+            # Already chunked for the client, or delimited by closing.
+            return
+        headers = head.headers
+        headers.remove(b"content-length")
+        if self.client_version == b"HTTP/1.1":
+            headers.add(b"Transfer-Encoding", b"chunked")
+            self.response_chunked = True
+        else:
+            self.close_after = True
+            headers.set(b"Connection", b"close")
+
+    def _filtered(self, pieces: list[bytes]) -> list[bytes]:
+        """The body bytes of one read from the backend, through the body filter and flushed."""
+        body_filter = self.body_filter
+        assert body_filter is not None
+        try:
+            out = [body_filter.feed(piece) for piece in pieces]
+            out.append(body_filter.flush())
+        except Exception:
+            self._filter_failed()
+            return []
+        data = b"".join(out)
+        return [data] if data else []
+
+    def _finish_filter(self, body_filter: IBodyTransform) -> bool:
+        """Send the body filter's last bytes; C{False} if it failed (the exchange ended)."""
+        self.body_filter = None
+        try:
+            tail = body_filter.finish()
+        except Exception:
+            self._filter_failed()
+            return False
+        if tail:
+            cast("Exchange", self).bytes_sent += len(tail)
+            self._out.append(encode_chunk(tail) if self.response_chunked else tail)
+        return True
+
+    def _filter_failed(self) -> None:
+        exchange = cast("Exchange", self)
+        self._log.failure(
+            "{request_id}: response body filter failed", request_id=self.request.request_id
+        )
+        self.body_filter = None
+        # Part of the response may be out: only an abort tells the client it is incomplete,
+        # and nothing may follow it.
+        self.response_chunked = False
+        self._out = []
+        exchange._end(Outcome("aborted", exchange._elapsed()), keep_alive=False, abort=True)
+
+    def _fast_response_head(
+        self, head: ResponseHead, cut: tuple[int, int], raw: bytes, framing: Framing
+    ) -> None:
         # The common response: plain Content-Length, at most a Connection field to drop.
         front = self.front
         start, end = cut
@@ -171,9 +280,10 @@ class ResponseHeads:
         if (
             head.status == 401
             or route.response_rewriters
+            or route.response_body_filters
             or getattr(route.pool, "stickiness", None) is not None
         ):
-            self._response_hooks(head)
+            self._response_hooks(head, framing)
         self._out.append(self._serialize_head(head))
 
     def _serialize_head(self, head: ResponseHead) -> bytes:

@@ -12,6 +12,7 @@ from twisted_rp.interfaces import (
     IAuthenticator,
     IBackendPool,
     IRequestRewriter,
+    IResponseBodyFilter,
     IResponseRewriter,
 )
 
@@ -28,6 +29,8 @@ class Route:
 
     @ivar strip_prefix: remove C{path_prefix} from the path sent to the backend.
     @ivar preserve_host: send the client's C{Host}; otherwise the backend's address.
+    @ivar response_body_filters: transform response bodies as they stream (after
+        C{response_rewriters}).
     """
 
     pool: IBackendPool
@@ -39,6 +42,7 @@ class Route:
     request_rewriters: tuple[IRequestRewriter, ...] = field(default=(), converter=tuple)
     response_rewriters: tuple[IResponseRewriter, ...] = field(default=(), converter=tuple)
     name: str = ""
+    response_body_filters: tuple[IResponseBodyFilter, ...] = field(default=(), converter=tuple)
 
     def host_rank(self, host: str) -> int:
         """
