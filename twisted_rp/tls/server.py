@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_rp.interfaces import ITLSObserver
 from twisted_rp.tls.certificates import (
     CertificateFiles,
     TLSConfigError,
@@ -105,6 +106,14 @@ def select_certificate(server_name: str, names: Sequence[tuple[Sequence[str], st
     return 0
 
 
+def _session_reused(connection: SSL.Connection) -> bool:
+    """Whether C{connection}'s handshake resumed a session (pyOpenSSL has no method for it)."""
+    from OpenSSL._util import lib  # type: ignore[attr-defined,unused-ignore]
+
+    reused = getattr(lib, "SSL_session_reused", None)
+    return bool(reused(connection._ssl)) if reused is not None else False
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """
@@ -115,6 +124,8 @@ class ServerTLS:
     built then too, and rebuilt every C{ticket_rotation} seconds (when the next connection
     arrives) so that session tickets get a fresh key.  A connection keeps the context it started
     with, so reloading never affects open connections.
+
+    @ivar observers: told of every completed or failed handshake; add to the list at any time.
     """
 
     log = Logger()
@@ -180,6 +191,7 @@ class ServerTLS:
         self._authorities: tuple[x509.Certificate, ...] = ()
         self._contexts: tuple[SSL.Context, ...] = ()
         self._built_at = 0.0
+        self.observers: list[ITLSObserver] = []
         self.reload()
 
     @staticmethod
@@ -254,6 +266,7 @@ class ServerTLS:
         except SSL.Error as e:
             raise TLSConfigError(f"ciphers {self._ciphers!r}: not usable: {e}") from None
         self._set_curves(context)
+        context.set_info_callback(self._on_info)
         context.set_session_id(_SESSION_ID_CONTEXT)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         try:
@@ -288,6 +301,21 @@ class ServerTLS:
 
             context.set_alpn_select_callback(choose)
         return context
+
+    def _on_info(self, connection: SSL.Connection, where: int, value: int) -> None:
+        if not self.observers:
+            return
+        if where & SSL.SSL_CB_HANDSHAKE_DONE:
+            # Once per handshake on the server side, TLS 1.3 session tickets included.
+            version = connection.get_protocol_version_name()
+            resumed = _session_reused(connection)
+            for observer in self.observers:
+                observer.handshake_done(version, resumed)
+        elif where & SSL.SSL_CB_EXIT and value <= 0 and connection.get_state_string() == b"error":
+            # The handshake gave up (an alert sent or received, not TLS at all); OpenSSL does
+            # not run the state machine again on a connection in error.
+            for observer in self.observers:
+                observer.handshake_failed()
 
     def _set_curves(self, context: SSL.Context) -> None:
         if not self._curves:
