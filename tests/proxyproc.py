@@ -139,6 +139,79 @@ class ProxyProcess(ProcessProtocol):
         return self.exit_reason is not None and self.exit_reason.check(ProcessDone) is not None
 
 
+class TwistdProcess(ProxyProcess):
+    """
+    C{twistd -n reverseproxy --config FILE} in a child process, as an operator runs it.
+
+    @ivar log: what twistd logged (on its standard output), the last 256 KiB of it.
+    """
+
+    log_kept = 1 << 18
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self._listening = None
+        self._log = b""
+
+    @staticmethod
+    def free_port() -> int:
+        """A TCP port on 127.0.0.1 that nothing listens on just now."""
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+            return port
+
+    @classmethod
+    async def launch(
+        cls, reactor: Any, config_path: str, port: int, *twistd_options: str, timeout: float = 30
+    ) -> TwistdProcess:
+        """
+        Run twistd on the file at C{config_path}, whose listener is on 127.0.0.1:C{port};
+        fires once that port accepts connections.
+        """
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.task import deferLater
+
+        process = cls(reactor)
+        process.port = port
+        env = dict(os.environ, PYTHONPATH=_REPO, PYTHONUNBUFFERED="1")
+        run = "from twisted.scripts.twistd import run; run()"
+        argv = [sys.executable, "-c", run, *twistd_options, "-n", "--pidfile="]
+        argv += ["reverseproxy", "--config", config_path]
+        directory = os.path.dirname(os.path.abspath(config_path))
+        transport = reactor.spawnProcess(process, sys.executable, argv, env=env, path=directory)
+        process.pid = transport.pid
+        deadline = reactor.seconds() + timeout
+        while True:
+            if process.exit_reason is not None:
+                raise RuntimeError(f"twistd exited:\n{process.log}\n{process.stderr}")
+            try:
+                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
+                probe = await connectProtocol(endpoint, Protocol())
+            except Exception:
+                if reactor.seconds() > deadline:
+                    await process.stop()
+                    raise
+                await deferLater(reactor, 0.05)
+            else:
+                probe.transport.loseConnection()
+                return process
+
+    @property
+    def log(self) -> str:
+        return self._log.decode("utf-8", "replace")
+
+    def outReceived(self, data: bytes) -> None:
+        self._log = (self._log + data)[-self.log_kept :]
+
+    async def ended(self, timeout: float = 60) -> None:
+        """Fires once the process has exited."""
+        await self._ended.addTimeout(timeout, self.reactor)
+
+
 def begin_logging() -> None:
     """Send warnings and worse to stderr, in a proxy subprocess whose memory is measured."""
     from twisted.logger import (

@@ -636,7 +636,8 @@ class HTTPSServiceTests(SynchronousTestCase):
     def test_reload_services(self) -> None:
         """
         Each https listener with a reload interval gets a file watcher; all get one SIGHUP
-        reloader, which is installed while the service runs.
+        reloader (the service's C{signals}, which reloads the configuration and with it the
+        certificates), which is installed while the service runs.
         """
         import signal
 
@@ -644,7 +645,7 @@ class HTTPSServiceTests(SynchronousTestCase):
         names = [child.name for child in service]
         self.assertIn("tls-watch:secure", names)
         self.assertNotIn("tls-watch:secure-2", names)
-        self.assertEqual(names.count("tls-sighup"), 1)
+        self.assertEqual(names.count("signals"), 1)
         before = signal.getsignal(signal.SIGHUP)
         service.startService()
         try:
@@ -998,7 +999,7 @@ class FTPSServiceTests(SynchronousTestCase):
         self.assertEqual((factory.require_tls, factory.implicit), (True, False))
         names = [child.name for child in service]
         self.assertIn("tls-watch:files", names)
-        self.assertIn("tls-sighup", names)
+        self.assertIn("signals", names)
         plain = ftp_factory_of(build_service(self.config(), self.reactor), "files")
         self.assertEqual((plain.tls, plain.require_tls), (None, False))
 

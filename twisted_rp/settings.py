@@ -93,10 +93,15 @@ class LogSettings:
     """
     @ivar access: C{"off"}, C{"combined"} or C{"json"}.
     @ivar access_file: where access records go; L{None} sends them to the twistd log.
+    @ivar rotate_length: the file is rotated (renamed C{FILE.1}, older ones shifted) when it
+        reaches this many bytes; 0 rotates only on SIGUSR1, as twistd's own log.
+    @ivar max_rotated_files: how many rotated files are kept; 0 keeps them all.
     """
 
     access: str = "off"
     access_file: str | None = None
+    rotate_length: int = 100_000_000
+    max_rotated_files: int = 10
 
 
 @frozen
@@ -108,3 +113,19 @@ class ProxySettings:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     headers: HeaderPolicy = HeaderPolicy()
+
+
+@frozen
+class ServerSettings:
+    """
+    How the proxy process itself behaves (C{[server]}).
+
+    @ivar grace_period: seconds that requests, tunnels, TCP relays and FTP transfers in flight
+        may take to finish once the proxy is told to stop (SIGTERM) and has stopped accepting;
+        whatever is left then is closed.
+    @ivar workers: how many processes serve the listeners (1: this one); see
+        L{twisted_rp.workers}.
+    """
+
+    grace_period: float = 30.0
+    workers: int = 1

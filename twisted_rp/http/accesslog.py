@@ -2,8 +2,10 @@
 Access logs: one line per request, in the combined format or as JSON.
 
 An L{AccessLog} formats each L{AccessRecord} and hands the line (without a newline) to a
-writer; L{AccessLog.to_file} writes to a size-rotated file and L{AccessLog.to_logger} to the
-twistd log.  Build one from the configuration's L{LogSettings} with L{access_log_from_settings}.
+writer; L{AccessLog.to_file} writes to a file rotated as twistd rotates its own log (by size,
+and on SIGUSR1) and L{AccessLog.to_logger} to the twistd log.  Build one from the
+configuration's L{LogSettings} with L{access_log_from_settings}; an L{AccessLogSwitch} lets a
+configuration reload replace it under the listeners.
 """
 
 from __future__ import annotations
@@ -120,11 +122,15 @@ class AccessLog:
     @ivar format: C{"combined"} or C{"json"}.
     @ivar write: called with one line of text, without its newline.
     @ivar close: releases whatever C{write} writes to (a file); the log is unusable afterwards.
+    @ivar rotate: rotates the file now (SIGUSR1), as twistd does its own log.
+    @ivar reopen: opens the file at its path again, for one something else moved away.
     """
 
     format: str = field()
     write: Callable[[str], None]
     close: Callable[[], None] = _nothing
+    rotate: Callable[[], None] = _nothing
+    reopen: Callable[[], None] = _nothing
     _format_record: Callable[[AccessRecord], str] = field(init=False)
 
     @format.validator
@@ -150,15 +156,40 @@ class AccessLog:
         Append to the file at C{path}; when it reaches C{rotate_length} bytes it is renamed
         C{path.1} (older ones shift to C{.2}, ...; beyond C{max_rotated_files} they are deleted).
 
+        L{rotate} does the same at once, unless the file was moved away already (by
+        C{logrotate}, say), which makes it start a new file at C{path}; L{reopen} only does the
+        latter.
+
+        @param rotate_length: 0 or L{None} to rotate only when told to.
+        @param max_rotated_files: 0 or L{None} to keep every rotated file.
         @raise OSError: if the file cannot be opened.
         """
         full_path = os.path.abspath(path)
         logfile = LogFile(
             os.path.basename(full_path),
             os.path.dirname(full_path),
-            rotateLength=rotate_length,
-            maxRotatedFiles=max_rotated_files,
+            rotateLength=rotate_length or None,
+            maxRotatedFiles=max_rotated_files or None,
         )
+
+        def moved_away() -> bool:
+            try:
+                # LogFile keeps its file object private; its descriptor is what was opened.
+                return not os.path.samestat(os.fstat(logfile._file.fileno()), os.stat(logfile.path))
+            except OSError:
+                return True
+
+        def rotate() -> None:
+            if logfile.closed:
+                return
+            if moved_away():
+                logfile.reopen()
+            else:
+                logfile.rotate()
+
+        def reopen() -> None:
+            if not logfile.closed and moved_away():
+                logfile.reopen()
 
         def write(line: str) -> None:
             # A request still finishing while the application stops is not worth a crash.
@@ -167,7 +198,7 @@ class AccessLog:
             # Bytes, so that the size that decides rotation counts bytes, not characters.
             logfile.write((line + "\n").encode("utf-8"))
 
-        return cls(format, write, logfile.close)
+        return cls(format, write, logfile.close, rotate, reopen)
 
     @classmethod
     def to_logger(cls, format: str, logger: Logger | None = None) -> AccessLog:
@@ -192,7 +223,50 @@ def access_log_from_settings(settings: LogSettings) -> AccessLog | None:
         return None
     if settings.access_file is None:
         return AccessLog.to_logger(settings.access)
-    return AccessLog.to_file(settings.access, settings.access_file)
+    return AccessLog.to_file(
+        settings.access,
+        settings.access_file,
+        settings.rotate_length,
+        settings.max_rotated_files,
+    )
+
+
+@implementer(IAccessLog)
+class AccessLogSwitch:
+    """
+    The access log listeners hold, passing records on to whichever L{AccessLog} the current
+    configuration has (none: records are dropped), so that a reload can change it under them.
+
+    @ivar target: where records go now.
+    """
+
+    def __init__(self, target: AccessLog | None) -> None:
+        self.target = target
+
+    def log(self, record: AccessRecord) -> None:
+        target = self.target
+        if target is not None:
+            target.log(record)
+
+    def replace(self, target: AccessLog | None) -> None:
+        """Send later records to C{target}, and close the log they went to."""
+        old, self.target = self.target, target
+        if old is not None and old is not target:
+            old.close()
+
+    def rotate(self) -> None:
+        """Rotate the file (SIGUSR1)."""
+        if self.target is not None:
+            self.target.rotate()
+
+    def reopen(self) -> None:
+        """Open the file again if it was moved away (a reload)."""
+        if self.target is not None:
+            self.target.reopen()
+
+    def close(self) -> None:
+        """Close the file; later records are dropped."""
+        self.replace(None)
 
 
 def _text(value: bytes | None) -> str:

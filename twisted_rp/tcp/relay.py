@@ -99,6 +99,7 @@ class TCPProxyFactory(Factory):
     @ivar trusted_proxies: with C{accept_proxy}, the networks a client must connect from;
         connections from elsewhere are closed unread.
     @ivar header_timeout: with C{accept_proxy}, seconds a client may take to send its header.
+    @ivar live: the open client connections, for a graceful stop.
     """
 
     log = Logger()
@@ -141,6 +142,7 @@ class TCPProxyFactory(Factory):
         self.accept_proxy = accept_proxy
         self.trusted_proxies = networks
         self.header_timeout = header_timeout
+        self.live: set[ClientConnection] = set()
 
     def trusts(self, address: IAddress) -> bool:
         """Whether C{address} may send a PROXY header (it is in C{trusted_proxies})."""
@@ -203,6 +205,7 @@ class ClientConnection(Protocol):
         return "" if ip is None else ip.compressed
 
     def connectionMade(self) -> None:
+        self.factory.live.add(self)
         self.source = self.transport.getPeer()
         self.destination = self.transport.getHost()
         if not self.factory.accept_proxy:
@@ -406,6 +409,7 @@ class ClientConnection(Protocol):
             self._end_session(abort=False)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.live.discard(self)
         state, self._state = self._state, _CLOSED
         self._cancel_timer()
         if state == _CONNECTING and self._session is not None:
@@ -413,6 +417,12 @@ class ClientConnection(Protocol):
             session.cancel()
         elif state == _SPLICING:
             self._end_session(abort=False)
+
+    def shutdown(self) -> None:
+        """
+        Nothing to do: a relayed stream has no point where it could stop early, so it goes on
+        until either side closes it (or the grace period of a stop ends).
+        """
 
     def _check_idle(self) -> None:
         self._timer = None
