@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
+import attrs
 from attrs import frozen
 
 from twisted_rp.config_readers import (
+    ConfigError,
     _boolean,
     _choice,
     _defaults,
     _endpoint,
     _expected,
     _integer,
+    _Invalid,
     _list_of,
     _network,
     _number,
@@ -27,6 +31,7 @@ from twisted_rp.config_readers import (
     _string,
 )
 from twisted_rp.ftp.control import BACKEND_PASSIVE_MODES, FTPProxyFactory
+from twisted_rp.ftp.proxylogin import BackendAccount, ProxyLogin
 from twisted_rp.settings import Network
 from twisted_rp.tcp.relay import TCPProxyFactory
 from twisted_rp.tls import CertificateFiles, ServerTLS
@@ -37,6 +42,7 @@ CLIENT_CERT_MODES = frozenset({"none", "optional", "required"})
 SEND_PROXY = frozenset({"v1", "v2"})
 _TCP_DEFAULTS = _defaults(TCPProxyFactory)
 _FTP_DEFAULTS = _defaults(FTPProxyFactory)
+_FTP_LOGIN_DEFAULTS = _defaults(ProxyLogin)
 #: The lowest port a passive range may use: below are the privileged, well-known ports.
 MIN_PASSIVE_PORT = 1024
 _SERVER_TLS_DEFAULTS = _defaults(ServerTLS)
@@ -74,6 +80,55 @@ class ListenerTLSConfig:
 
 
 @frozen
+class FTPLoginConfig:
+    """
+    The proxy-side login of an C{ftp} listener (C{[listener.login]}, see
+    L{twisted_rp.ftp.ProxyLogin}, whose defaults these are).  The file is read when the
+    service is built (L{twisted_rp.service.check_files}).
+
+    @ivar htpasswd: the htpasswd file of the users who may log in to the proxy.
+    @ivar account: the shared backend account (C{backend_user}, C{backend_password}).
+    @ivar users: backend accounts by proxy user name (C{[listener.login.users.NAME]}).
+    @ivar pass_through: users without an entry in C{users} log in to the backend as they
+        logged in to the proxy.
+    @ivar allow_anonymous: pass anonymous logins on to the backend unchecked.
+    @ivar failure_delay: seconds before a refused login is answered C{530}.
+    @ivar max_failures: refused logins after which a session is closed; 0 for no limit.
+    """
+
+    htpasswd: str
+    account: BackendAccount | None = None
+    users: tuple[tuple[str, BackendAccount], ...] = ()
+    pass_through: bool = False
+    allow_anonymous: bool = _FTP_LOGIN_DEFAULTS["allow_anonymous"]
+    failure_delay: float = _FTP_LOGIN_DEFAULTS["failure_delay"]
+    max_failures: int = _FTP_LOGIN_DEFAULTS["max_failures"]
+
+    def build(self, reactor: Any, source: str, key: str) -> ProxyLogin:
+        """
+        The L{ProxyLogin} these settings describe, checking logins against the htpasswd file.
+
+        @param key: the table's key path, like C{listener[1].login}, for errors.
+        @raise ConfigError: the htpasswd file cannot be read or does not parse.
+        """
+        from twisted_rp.auth.basic import HtpasswdChecker
+
+        try:
+            checker = HtpasswdChecker(self.htpasswd, reactor)
+        except (OSError, ValueError) as error:
+            raise ConfigError(source, f"{key}.htpasswd", f"{self.htpasswd!r}: {error}") from None
+        return ProxyLogin(
+            checker,
+            account=self.account,
+            users=dict(self.users),
+            pass_through=self.pass_through,
+            allow_anonymous=self.allow_anonymous,
+            failure_delay=self.failure_delay,
+            max_failures=self.max_failures,
+        )
+
+
+@frozen
 class FTPListenerConfig:
     """
     The settings of an C{ftp} listener beyond its pool, TLS and idle timeout (see
@@ -95,6 +150,8 @@ class FTPListenerConfig:
         listener's certificates.
     @ivar require_tls: refuse logins and transfers outside TLS (explicit FTPS, C{AUTH TLS});
         needs the listener's certificates.
+    @ivar login: the proxy checks logins itself and logs in to backends with mapped
+        accounts; L{None} relays each client's login to its backend.
     """
 
     banner: str = _FTP_DEFAULTS["banner"]
@@ -107,6 +164,7 @@ class FTPListenerConfig:
     show_backend_features: bool = _FTP_DEFAULTS["show_backend_features"]
     implicit: bool = False
     require_tls: bool = False
+    login: FTPLoginConfig | None = None
 
 
 @frozen
@@ -129,6 +187,8 @@ class ListenerConfig:
         An C{ftp} listener's default is the FTP proxy's (a control connection is idle outside
         transfers).
     @ivar ftp: the FTP settings of an C{ftp} listener; L{None} for the others.
+    @ivar allow: client networks allowed to use the listener (empty: all).
+    @ivar deny: client networks refused, whatever C{allow} says.
     """
 
     name: str
@@ -142,6 +202,8 @@ class ListenerConfig:
     tls: ListenerTLSConfig | None = None
     redirect_to_https: int | None = None
     ftp: FTPListenerConfig | None = None
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
 
     @property
     def proxies_http(self) -> bool:
@@ -173,6 +235,7 @@ _FTP_KEYS = (
     "show_backend_features",
     "implicit",
     "require_tls",
+    "login",
     # HSTS is an HTTP header; the rest of the TLS keys apply to FTPS as they are.
     *(key for key in _TLS_KEYS if key != "hsts"),
 )
@@ -239,6 +302,80 @@ def _ipv4_address(value: object) -> str:
     raise _expected("an IPv4 address like '203.0.113.10'", value)
 
 
+def _login_name(value: object) -> str:
+    text = _string(value)
+    if not _printable(text):
+        raise _expected("a user name without control characters", value)
+    return text
+
+
+def _login_password(value: object) -> str:
+    # Backends may have accounts without a password, so an empty one is allowed.
+    if not isinstance(value, str) or not _printable(value):
+        raise _Invalid("expected a string without control characters")
+    return value
+
+
+def _printable(text: str) -> bool:
+    return not any(ord(character) < 0x20 or ord(character) == 0x7F for character in text)
+
+
+def _ftp_login(section: _Section) -> FTPLoginConfig:
+    section.allow(
+        "htpasswd",
+        "backend_user",
+        "backend_password",
+        "users",
+        "pass_through",
+        "allow_anonymous",
+        "failure_delay",
+        "max_failures",
+    )
+    htpasswd = section.required("htpasswd", _string)
+    options = section.optional(
+        {
+            "pass_through": _boolean,
+            "allow_anonymous": _boolean,
+            "failure_delay": _number(0.0),
+            "max_failures": _integer(0),
+        }
+    )
+    account = None
+    if section.has("backend_user") or section.has("backend_password"):
+        for key, other in (
+            ("backend_user", "backend_password"),
+            ("backend_password", "backend_user"),
+        ):
+            if not section.has(other):
+                raise section.error(key, f"needs {other}: the two make the shared backend account")
+        account = BackendAccount(
+            section.required("backend_user", _login_name),
+            section.required("backend_password", _login_password),
+        )
+        if options.get("pass_through"):
+            raise section.error(
+                "pass_through",
+                "excludes backend_user and backend_password (the client's own login, or the "
+                "shared account: choose one)",
+            )
+    users_table = section.table("users")
+    users = []
+    for name, table in section.named_tables("users"):
+        if not name or not _printable(name):
+            raise users_table.error(name, "expected a user name without control characters")
+        table.allow("user", "password")
+        user = table.optional({"user": _login_name}).get("user", name)
+        users.append((name, BackendAccount(user, table.required("password", _login_password))))
+    if account is None and not users and not options.get("pass_through"):
+        raise ConfigError(
+            section.source,
+            section.path,
+            "no backend account for anyone: give backend_user and backend_password, "
+            "[users.NAME] tables, or pass_through = true",
+        )
+    return FTPLoginConfig(htpasswd, account=account, users=tuple(users), **options)
+
+
 def _listener_tls(section: _Section) -> ListenerTLSConfig:
     if not section.has("certificates"):
         raise section.error("certificates", 'required with protocol = "https"')
@@ -303,6 +440,7 @@ def _ftp_listener(section: _Section, name: str, endpoint: str) -> ListenerConfig
             if section.has(key):
                 raise section.error(key, "has no effect without certificates (FTPS)")
     idle = section.optional({"idle_timeout": _number(0.0)})
+    login = _ftp_login(section.table("login")) if section.has("login") else None
     return ListenerConfig(
         name=name,
         protocol="ftp",
@@ -310,11 +448,17 @@ def _ftp_listener(section: _Section, name: str, endpoint: str) -> ListenerConfig
         pool=section.required("pool", _string),
         idle_timeout=idle.get("idle_timeout", _FTP_DEFAULTS["idle_timeout"]),
         tls=tls,
-        ftp=FTPListenerConfig(**options),
+        ftp=FTPListenerConfig(**options, login=login),
     )
 
 
 def read_listener(section: _Section) -> ListenerConfig:
+    """A C{[[listener]]} table; C{allow} and C{deny} apply to every protocol."""
+    access = section.optional({"allow": _list_of(_network), "deny": _list_of(_network)})
+    return attrs.evolve(_read_listener(section), **access)
+
+
+def _read_listener(section: _Section) -> ListenerConfig:
     protocol = section.required("protocol", _choice(PROTOCOLS))
     mine = _KEYS_BY_PROTOCOL[protocol]
     for key in section.names():
@@ -323,7 +467,7 @@ def read_listener(section: _Section) -> ListenerConfig:
             raise section.error(
                 key, f"only used with protocol = {' or '.join(owners)}, not {protocol!r}"
             )
-    section.allow("name", "protocol", "endpoint", *mine)
+    section.allow("name", "protocol", "endpoint", "allow", "deny", *mine)
     name = section.required("name", _string)
     endpoint = section.required("endpoint", _endpoint)
     if protocol == "http":
@@ -360,6 +504,7 @@ __all__ = [
     "SEND_PROXY",
     "TLS_VERSIONS",
     "FTPListenerConfig",
+    "FTPLoginConfig",
     "ListenerConfig",
     "ListenerTLSConfig",
     "read_listener",

@@ -3,10 +3,11 @@ The FTP listener: one L{FTPSession} per client control connection.
 
 A session greets the client with the proxy's own banner and answers the few commands that
 need no server (C{FEAT}, C{SYST}, C{NOOP}, C{QUIT}) itself until C{USER}; then it leases a
-backend from the pool (L{twisted_rp.ftp.login}), and relays every command and reply from then
-on, one command at a time, rewriting only the data-connection commands (C{PASV}, C{EPSV},
-C{PORT}, C{EPRT}), whose data connections the proxy opens and splices itself
-(L{twisted_rp.ftp.data}).
+backend from the pool (L{twisted_rp.ftp.login}) (with a proxy-side login, only once it has
+checked C{USER} and C{PASS} itself, L{twisted_rp.ftp.proxylogin}), and relays every command
+and reply from then on, one command at a time, rewriting only the data-connection commands
+(C{PASV}, C{EPSV}, C{PORT}, C{EPRT}), whose data connections the proxy opens and splices
+itself (L{twisted_rp.ftp.data}).
 
 The client's control connection is only ever written through C{self.transport}, so that a
 later C{AUTH TLS} can swap it for a TLS transport in place (L{twisted_rp.ftp.tls}).
@@ -35,7 +36,7 @@ from twisted.python.failure import Failure
 
 from twisted_rp.addresses import address_ip
 from twisted_rp.ftp.data import DataChannel, port_range
-from twisted_rp.ftp.login import LoginMixin
+from twisted_rp.ftp.proxylogin import RELOGIN_COMMANDS, ProxyLogin, ProxyLoginMixin
 from twisted_rp.ftp.replies import (
     MAX_COMMAND_LINE,
     Command,
@@ -45,7 +46,7 @@ from twisted_rp.ftp.replies import (
 )
 from twisted_rp.ftp.tls import BACKEND_TLS_MODES, TLS_COMMANDS, FrontTLSMixin
 from twisted_rp.ftp.transfer import TransferMixin
-from twisted_rp.interfaces import IBackendPool
+from twisted_rp.interfaces import IBackendPool, IFTPObserver
 from twisted_rp.pool.backend import Backend
 from twisted_rp.tls import ServerTLS
 
@@ -88,7 +89,11 @@ class FTPProxyFactory(ServerFactory):
         C{"implicit"} (TLS from the first byte): FTPS toward backends, always with C{PROT P}.
     @ivar backend_tls_creator: the client TLS for backends (L{twisted_rp.tls.client_tls})
         when a backend has none of its own (L{Backend.tls}).
+    @ivar login: the proxy checks C{USER} and C{PASS} itself and logs in to backends with
+        mapped accounts; L{None} to relay the client's login to the backend as it is.
     @ivar sessions: open sessions by client IP.
+    @ivar observers: told of sessions and data transfers; add to the list at any time.
+    @ivar live: the open control connections, for a graceful stop.
     """
 
     log = Logger()
@@ -114,6 +119,7 @@ class FTPProxyFactory(ServerFactory):
         require_tls: bool = False,
         backend_tls: str = "none",
         backend_tls_creator: IOpenSSLClientConnectionCreator | None = None,
+        login: ProxyLogin | None = None,
     ) -> None:
         """
         @raise ValueError: for a timeout, limit, port or mode out of range, or a TLS policy
@@ -155,7 +161,10 @@ class FTPProxyFactory(ServerFactory):
         self.require_tls = require_tls
         self.backend_tls = backend_tls
         self.backend_tls_creator = backend_tls_creator
+        self.login = login
         self.sessions: dict[str, int] = {}
+        self.observers: list[IFTPObserver] = []
+        self.live: set[FTPSession] = set()
         self._next_passive = 0
 
     def buildProtocol(self, addr: IAddress | None) -> FTPSession:  # type: ignore[override]
@@ -180,6 +189,8 @@ class FTPProxyFactory(ServerFactory):
         if self.max_sessions_per_ip and count >= self.max_sessions_per_ip:
             return False
         self.sessions[client_ip] = count + 1
+        for observer in self.observers:
+            observer.session_opened()
         return True
 
     def session_closed(self, client_ip: str) -> None:
@@ -189,9 +200,11 @@ class FTPProxyFactory(ServerFactory):
             self.sessions[client_ip] = count
         else:
             self.sessions.pop(client_ip, None)
+        for observer in self.observers:
+            observer.session_closed()
 
 
-class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
+class FTPSession(FrontTLSMixin, TransferMixin, ProxyLoginMixin, Protocol):
     """
     One client's control connection, and its session with a backend.
 
@@ -214,6 +227,7 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
         self._busy = False
         self._paused = False
         self._quitting = False
+        self._stopping = False
         self._idle_timer: IDelayedCall | None = None
         self._last_activity = 0.0
         self._init_login()
@@ -224,6 +238,7 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
+        factory.live.add(self)
         ip = address_ip(self.transport.getPeer())
         self.client_ip = "" if ip is None else ip.compressed
         local = address_ip(self.transport.getHost())
@@ -253,12 +268,14 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
                 handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.live.discard(self)
         self._closed = True
         self._cancel_idle()
         if self._counted:
             self._counted = False
             self.factory.session_closed(self.client_ip)
         self.close_data()
+        self.stop_login()
         self.end_backend("ok")
 
     def send_reply(self, reply: Reply) -> None:
@@ -345,7 +362,13 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
         elif verb in TLS_COMMANDS:
             self.tls_command(command)
         elif verb in ("USER", "PASS") and not self.logged_in:
-            self.run(self.login_command(command))
+            proxy_side = self.factory.login is not None
+            self.run(
+                self.proxy_login_command(command) if proxy_side else self.login_command(command)
+            )
+        elif verb in RELOGIN_COMMANDS and self.logged_in and self.factory.login is not None:
+            # The backend account is the proxy's, not the client's to change.
+            self.send_reply(self.relogin_refusal(command))
         elif self.backend is None:
             self._answer_locally(command)
         elif verb in ("PASV", "EPSV", "PORT", "EPRT", "LPRT", "LPSV"):
@@ -394,7 +417,21 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
         if self._quitting and not self._closed:
             self.close_session()
             return
+        if self._stopping:
+            self.shutdown()
+            return
         self._next()
+
+    def shutdown(self) -> None:
+        """
+        The proxy is stopping: end the session with C{421} (which RFC 959 allows in answer to
+        any command) once the command or transfer in flight is done, or now if there is none.
+        """
+        self._stopping = True
+        if not self._busy and not self._closed:
+            self.reply_and_close(
+                Reply.of(421, "Service not available, closing control connection.")
+            )
 
     def relay(self, command: Command) -> None:
         """Send C{command} to the backend and its replies to the client."""
@@ -451,4 +488,13 @@ class FTPSession(FrontTLSMixin, TransferMixin, LoginMixin, Protocol):
 
     def new_channel(self) -> DataChannel:
         """A data channel with the factory's clock and data timeout."""
-        return DataChannel(self.factory.clock, self.factory.data_timeout)
+        channel = DataChannel(self.factory.clock, self.factory.data_timeout)
+        observers = self.factory.observers
+        if observers:
+
+            def finished() -> None:
+                for observer in observers:
+                    observer.data_done(channel.bytes_to_client, channel.bytes_to_backend)
+
+            channel.when_finished(finished)
+        return channel

@@ -46,7 +46,8 @@ class LoginMixin:
     @ivar backend: the control connection to the session's backend, once chosen.
     @ivar lease: the lease on that backend.
     @ivar logged_in: whether the backend accepted the login (a C{230}).
-    @ivar user: the user name of the last C{USER}.
+    @ivar user: the user name of the last C{USER}; with a proxy-side login, the name the
+        checker accepted (L{twisted_rp.ftp.proxylogin}).
     """
 
     factory: FTPProxyFactory

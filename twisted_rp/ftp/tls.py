@@ -86,8 +86,9 @@ class FrontTLSMixin:
     def send_reply(self, reply: Reply) -> None:
         raise NotImplementedError
 
-    def reset_login(self) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        # Only declared: a stub here would shadow the login mixin's, later in the MRO.
+        def reset_login(self) -> None: ...
 
     def _init_tls(self) -> None:
         self.tls_active = False
@@ -165,7 +166,7 @@ class FrontTLSMixin:
             else:
                 self.send_reply(Reply.of(504, f"AUTH {mechanism} not supported; use AUTH TLS."))
             return
-        if self.backend is not None and not self.logged_in:
+        if not self.logged_in:
             # RFC 2228: AUTH resets the login in progress; the client starts again with USER.
             self.reset_login()
         self.send_reply(Reply.of(234, f"AUTH {mechanism} ok, starting TLS."))
