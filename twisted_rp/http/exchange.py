@@ -24,6 +24,7 @@ from twisted_rp.http.message import (
     RequestHead,
 )
 from twisted_rp.http.parser import RequestInfo
+from twisted_rp.http.request import RequestSide
 from twisted_rp.http.response import ResponseHeads
 from twisted_rp.http.routing import Route
 from twisted_rp.pool.backend import (
@@ -42,13 +43,11 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _DEFAULT_RETRIES = 2
 #: Connection-oriented authentication: the client connection must keep its backend connection.
 _CONNECTION_AUTH = (b"ntlm", b"negotiate")
-_UPGRADE = frozenset({b"upgrade"})
-_NOTHING: frozenset[bytes] = frozenset()
 #: Response fields the proxy re-creates for the client connection.
 _RESPONSE_FRAMING = frozenset({b"content-length"})
 
 
-class Exchange(ResponseHeads):
+class Exchange(RequestSide, ResponseHeads):
     """
     A request from one client connection and the response to it.
     """
@@ -111,6 +110,7 @@ class Exchange(ResponseHeads):
         self.request_done = False
         self.response_started = False
         self.response_chunked = False
+        self.body_filter = None
         self.close_after = False
         self.finished = False
         self.status = 0
@@ -126,96 +126,6 @@ class Exchange(ResponseHeads):
         self.sent_at = 0.0
         self.backend_time: float | None = None
         self._out: list[bytes] = []
-
-    # Request side
-
-    def begin(self) -> None:
-        """Authenticate, rewrite and send the request."""
-        if self.framing.kind != "none" and self.upgrade is None:
-            self.decoder = (
-                LengthDecoder(self.framing.length)
-                if self.framing.kind == "length"
-                else ChunkedDecoder()
-            )
-            # Body bytes that came with the head are checked now, so that a malformed
-            # chunk there never costs a backend connection.
-            pending = self.front.take_buffer()
-            if pending:
-                try:
-                    self._early = self.decoder.feed(pending)
-                except HTTPError as e:
-                    self.fail(e.status, e.detail)
-                    return
-                if self._over_body_limit(self._early[0]):
-                    return
-        if self.route.authenticators:
-            self._authenticate(0)
-        else:
-            self._prepare()
-
-    def _authenticate(self, index: int) -> None:
-        authenticators = self.route.authenticators
-        while index < len(authenticators):
-            try:
-                verdict = authenticators[index].authenticate(self.request)
-            except Exception:
-                self._log.failure("authenticator {a!r} failed", a=authenticators[index])
-                self.fail(500, "authentication failed")
-                return
-            index += 1
-            if isinstance(verdict, Deferred):
-                verdict.addCallbacks(self._authenticated, self._auth_failed, callbackArgs=(index,))
-                return
-            if verdict is not None:
-                self.respond(verdict)
-                return
-        self._prepare()
-
-    def _authenticated(self, verdict: ErrorResponse | None, index: int) -> None:
-        if self.finished:
-            return
-        if verdict is not None:
-            self.respond(verdict)
-        else:
-            self._authenticate(index)
-
-    def _auth_failed(self, failure: Failure) -> None:
-        self._log.failure("authenticator failed", failure)
-        if not self.finished:
-            self.fail(500, "authentication failed")
-
-    def _prepare(self) -> None:
-        front = self.front
-        head = self.head
-        headers = head.headers
-        request = self.request
-        request.request_id = front.forwarding.apply(
-            headers,
-            self.info.connection,
-            request.client_ip,
-            request.scheme,
-            self.info.host,
-            front.local_port,
-            _UPGRADE if self.upgrade is not None else _NOTHING,
-            self.info.lowered,
-            front.forwarding_cache,
-        )
-        if front.factory.client_cert_headers:
-            for name, value in front.client_cert_fields():
-                headers.add(name, value)
-        if self.upgrade is not None:
-            headers.add(b"Connection", b"upgrade")
-        framing = self.framing
-        if framing.kind == "length":
-            headers.add(b"Content-Length", b"%d" % framing.length)
-        elif framing.kind == "chunked":
-            headers.add(b"Transfer-Encoding", b"chunked")
-        route = self.route
-        if route.strip_prefix:
-            head.target = route.backend_path(head.target)
-        for rewriter in route.request_rewriters:
-            rewriter.rewrite_request(request)
-        self._pick()
 
     def _may_retry(self) -> bool:
         """Whether another try is allowed: within the pool's retries, on a backend not yet
@@ -247,7 +157,7 @@ class Exchange(ResponseHeads):
             frozenset(self.failed_backends),
         )
         try:
-            lease = self.route.pool.pick(context)
+            lease = self.front.factory.pick_backend(request, context)
         except NoBackendAvailable as e:
             self._no_backend(Failure(e))
             return
@@ -426,6 +336,9 @@ class Exchange(ResponseHeads):
     # Response side (a ResponseSink for BackendConnection)
 
     def on_response_body(self, pieces: list[bytes]) -> None:
+        # Called once per read from the backend: the filter flushes here.
+        if self.body_filter is not None:
+            pieces = self._filtered(pieces)
         for piece in pieces:
             self.bytes_sent += len(piece)
         if self.response_chunked:
@@ -450,6 +363,9 @@ class Exchange(ResponseHeads):
                 self.front.restart_timer(self.front.settings.timeouts.backend_idle)
 
     def on_response_end(self) -> None:
+        body_filter = self.body_filter
+        if body_filter is not None and not self._finish_filter(body_filter):
+            return
         if self.response_chunked:
             self._out.append(LAST_CHUNK)
         self.flush(more=False)
@@ -545,7 +461,7 @@ class Exchange(ResponseHeads):
             self._end(outcome or Outcome("aborted"), keep_alive=False, abort=True)
             return
         self.status = status
-        self.front.write_error(status, reason)
+        self.front.write_error(status, reason, request=self.request)
         self._end(outcome or Outcome("aborted"), keep_alive=False)
 
     def client_lost(self) -> None:

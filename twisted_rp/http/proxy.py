@@ -9,6 +9,7 @@ import base64
 from http import HTTPStatus
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -26,8 +27,9 @@ from twisted_rp.http.message import (
     RequestHead,
 )
 from twisted_rp.http.parser import analyze_request, parse_request_head, split_absolute_target
-from twisted_rp.http.routing import Router
-from twisted_rp.interfaces import IAccessLog
+from twisted_rp.http.routing import Route, Router
+from twisted_rp.interfaces import IAccessLog, IRequestObserver
+from twisted_rp.pool.backend import Lease, PickContext
 from twisted_rp.sendnow import writer_for
 from twisted_rp.settings import ProxySettings
 
@@ -67,6 +69,7 @@ class HTTPProxyProtocol(Protocol):
         self.clock = factory.clock
         self.connections = factory.connections
         self.access_log = factory.access_log
+        self.request_observers = factory.request_observers
         self.forwarding = factory.forwarding
         self.forwarding_cache: dict[bytes | None, bytes] = {}
         self.client_full = False
@@ -84,6 +87,7 @@ class HTTPProxyProtocol(Protocol):
         self._reading_heads = False
 
     def connectionMade(self) -> None:
+        self.factory.live.add(self)
         self.write = writer_for(self.transport, self.factory.send_now)
         _no_delay(self.transport)
         peer: Any = self.transport.getPeer()
@@ -184,15 +188,14 @@ class HTTPProxyProtocol(Protocol):
             self.wants_keepalive = b"close" not in connection_tokens
         else:
             self.wants_keepalive = b"keep-alive" in connection_tokens
-        route = self.factory.router.route(host, _path(head.target))
         request = ProxyRequest(
             head=head,
             client_ip=self.client_ip,
             client_port=self.client_port,
             scheme=self.factory.scheme,
             host=host,
-            route=route,
         )
+        route = request.route = self.factory.route_for(request)
         expect = info.expect
         upgrade = info.upgrade if b"upgrade" in connection_tokens else None
         if framing.kind != "none" or head.version != b"HTTP/1.1":
@@ -208,7 +211,7 @@ class HTTPProxyProtocol(Protocol):
             if framing.kind != "none":
                 self.wants_keepalive = False
             self._log_refused(error.status, head, host)
-            self.write_error(error.status, error.detail, keep_alive=self.wants_keepalive)
+            self.write_error(error.status, error.detail, self.wants_keepalive, request)
             self.exchange_done(self.wants_keepalive, False)
             return
         assert route is not None
@@ -225,6 +228,8 @@ class HTTPProxyProtocol(Protocol):
 
     def _log_refused(self, status: int, head: RequestHead | None = None, host: str = "") -> None:
         """An access log record for a request the proxy answered without any backend."""
+        for observer in self.request_observers:
+            observer.request_done("", "", "", status, 0.0)
         if self.access_log is None:
             return
         now = self.clock.seconds()
@@ -284,7 +289,9 @@ class HTTPProxyProtocol(Protocol):
 
     def exchange_done(self, keep_alive: bool, abort: bool) -> None:
         """The response (or error) for the current request was written."""
-        self.exchange = None
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None and self.request_observers:
+            self._observed(exchange)
         if self._state == _CLOSED:
             return
         if abort:
@@ -299,6 +306,19 @@ class HTTPProxyProtocol(Protocol):
         if self._buffer:
             self._read_heads()
 
+    def _observed(self, exchange: Exchange) -> None:
+        backend: Any = exchange.request.backend
+        route = exchange.route
+        duration = self.clock.seconds() - exchange.started
+        for observer in self.request_observers:
+            observer.request_done(
+                route.name,
+                route.pool.name,
+                "" if backend is None else backend.name,
+                exchange.status,
+                duration,
+            )
+
     def _close(self, abort: bool) -> None:
         self._state = _CLOSED
         self.stop_timer()
@@ -310,12 +330,26 @@ class HTTPProxyProtocol(Protocol):
 
     # Writing
 
-    def write_error(self, status: int, detail: str, keep_alive: bool = False) -> None:
-        """A small plain-text error page; the detail is shown only for client errors."""
-        body = b"%d %s\n" % (status, reason_phrase(status))
-        if status < 500:
-            body += detail.encode("utf-8", "replace") + b"\n"
-        self.write_response(ErrorResponse(status, body), keep_alive)
+    def write_error(
+        self,
+        status: int,
+        detail: str,
+        keep_alive: bool = False,
+        request: ProxyRequest | None = None,
+    ) -> None:
+        """
+        The error page L{HTTPProxyFactory.error_response} makes; the default one if that
+        fails or changes the status.
+        """
+        factory = self.factory
+        try:
+            response = factory.error_response(request, status, detail)
+            if response.status != status:
+                raise ValueError(f"error_response answered {response.status} for {status}")
+        except Exception:
+            self._log.failure("error_response failed; sending the default page")
+            response = HTTPProxyFactory.error_response(factory, request, status, detail)
+        self.write_response(response, keep_alive)
 
     def write_response(self, response: ErrorResponse, keep_alive: bool) -> None:
         """Send a complete response the proxy made itself."""
@@ -417,6 +451,7 @@ class HTTPProxyProtocol(Protocol):
         self.bound = connection
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.live.discard(self)
         self._state = _CLOSED
         self.stop_timer()
         exchange, self.exchange = self.exchange, None
@@ -427,7 +462,10 @@ class HTTPProxyProtocol(Protocol):
             bound.abort()
 
     def shutdown(self) -> None:
-        """Close once the current response is complete (or now, if idle)."""
+        """
+        Close once the current response is complete, which says C{Connection: close} if its
+        head is not sent yet (now, if idle); a tunnel goes on until either side closes it.
+        """
         self.closing = True
         if self.exchange is None and self._state in (_HEAD, _BUSY):
             self._close(abort=False)
@@ -466,6 +504,11 @@ class HTTPProxyFactory(Factory):
         C{Client-Cert} and C{Client-Cert-Chain}, C{X-SSL-Client-Verify}, C{-S-DN},
         C{-Fingerprint}); for HTTPS listeners that ask for client certificates.
     @param hsts: the C{Strict-Transport-Security} value added to responses that have none.
+    @ivar request_observers: told of every answered request; add to the list at any time.
+    @ivar live: the open client connections, for a graceful stop.
+
+    A subclass may override L{route_for}, L{rewrite_request}, L{pick_backend} and
+    L{error_response}.
     """
 
     protocol = HTTPProxyProtocol
@@ -490,6 +533,8 @@ class HTTPProxyFactory(Factory):
         self.settings = settings
         self.scheme = scheme
         self.access_log = access_log
+        self.request_observers: list[IRequestObserver] = []
+        self.live: set[HTTPProxyProtocol] = set()
         self.send_now = send_now
         self.forwarding = RequestForwarding.from_policy(settings.headers)
         self.client_cert_headers = client_cert_headers
@@ -500,6 +545,47 @@ class HTTPProxyFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> HTTPProxyProtocol:
         return HTTPProxyProtocol(self)
+
+    # Override points (docs/extending.rst): called for every request, they must not block.
+
+    def route_for(self, request: ProxyRequest) -> Route | None:
+        """
+        The route of C{request}, whose head is as the client sent it and C{host} the
+        lower-cased host name; L{None} answers 404.  By default, C{self.router}'s choice.
+        """
+        return self.router.route(request.host, _path(request.head.target))
+
+    def rewrite_request(self, request: ProxyRequest) -> ErrorResponse | None:
+        """
+        Change C{request.head}, as it will be sent, after the route's authenticators and
+        rewriters; or return an L{ErrorResponse} to answer with.  By default, nothing.
+        """
+        return None
+
+    def pick_backend(self, request: ProxyRequest, context: PickContext) -> Lease | Deferred[Lease]:
+        """
+        Lease a backend for C{request}, again for each retry (C{context.avoid} names the
+        failed backends).  By default, C{request.route.pool.pick(context)}.
+
+        @raise twisted_rp.pool.NoBackendAvailable: answers 503.
+        """
+        return request.route.pool.pick(context)
+
+    def error_response(
+        self, request: ProxyRequest | None, status: int, detail: str
+    ) -> ErrorResponse:
+        """
+        The page for an error the proxy answers itself, with C{status} (else, or if this
+        raises, the default page is sent); C{Content-Type} defaults to plain text.
+
+        @param request: L{None} when the request head could not be read (400, 408, 431, ...).
+        @param detail: why, for logs: the default page shows it for 4xx only, since for 5xx
+            it may name backends and addresses.
+        """
+        body = b"%d %s\n" % (status, reason_phrase(status))
+        if status < 500:
+            body += detail.encode("utf-8", "replace") + b"\n"
+        return ErrorResponse(status, body)
 
     def stopFactory(self) -> None:
         self.connections.close_idle()
