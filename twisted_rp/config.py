@@ -17,6 +17,7 @@ from typing import TypeVar
 import attrs
 from attrs import frozen
 
+from twisted_rp.config_admin import AdminConfig, read_admin
 from twisted_rp.config_listeners import (
     CLIENT_CERT_MODES,
     MIN_PASSIVE_PORT,
@@ -42,12 +43,18 @@ from twisted_rp.config_readers import (
     _list_of,
     _listen,
     _network,
-    _path_prefix,
+    _number,
     _positive_number,
-    _route_host,
     _Section,
     _string,
     _token,
+)
+from twisted_rp.config_routes import (
+    IDENTITY_HEADER,
+    MiddlewareConfig,
+    RouteConfig,
+    read_middleware,
+    read_route,
 )
 from twisted_rp.pool.balancers import BALANCERS
 from twisted_rp.settings import (
@@ -55,6 +62,7 @@ from twisted_rp.settings import (
     Limits,
     LogSettings,
     ProxySettings,
+    ServerSettings,
     Timeouts,
 )
 
@@ -66,27 +74,10 @@ else:
 
 ACCESS_FORMATS = frozenset({"off", "combined", "json"})
 COMMAND_LINE = "<command line>"
-
-
-@frozen
-class RouteConfig:
-    """
-    Which HTTP requests go to which pool.
-
-    @ivar hosts: lower-case host names the route matches (C{*.example.com} matches any
-        subdomain); empty matches every host.
-    @ivar strip_prefix: remove C{path_prefix} from the path sent to the backend.
-    @ivar preserve_host: send the client's C{Host}; otherwise the backend's C{host:port}.
-    @ivar listeners: names of the listeners the route applies to; empty means every HTTP
-        and HTTPS listener (except those that only redirect to HTTPS).
-    """
-
-    pool: str
-    hosts: tuple[str, ...] = ()
-    path_prefix: str = "/"
-    strip_prefix: bool = False
-    preserve_host: bool = True
-    listeners: tuple[str, ...] = ()
+#: The most worker processes C{[server] workers} and C{--workers} allow.
+MAX_WORKERS = 256
+#: The endpoint types whose sockets worker processes can share.
+WORKER_ENDPOINTS = frozenset({"tcp", "tcp6"})
 
 
 @frozen
@@ -103,6 +94,11 @@ class Config:
     proxy: ProxySettings
     log: LogSettings
     source: str = "<config>"
+    middlewares: tuple[MiddlewareConfig, ...] = ()
+    #: The process's own settings (C{[server]}).
+    server: ServerSettings = attrs.field(factory=ServerSettings)
+    #: The admin listener (C{[admin]}), or L{None} for none.
+    admin: AdminConfig | None = None
 
     def pool(self, name: str) -> PoolConfig:
         """The pool called C{name}; L{KeyError} if there is none."""
@@ -112,39 +108,7 @@ class Config:
         raise KeyError(name)
 
 
-def _route(
-    section: _Section, pools: Mapping[str, PoolConfig], listeners: Mapping[str, ListenerConfig]
-) -> RouteConfig:
-    section.allow("hosts", "path_prefix", "strip_prefix", "pool", "preserve_host", "listeners")
-    pool = section.required("pool", _string)
-    if pool not in pools:
-        defined = ", ".join(pools) or "none"
-        raise section.error("pool", f"no pool named {pool!r} (defined: {defined})")
-    options = section.optional(
-        {
-            "hosts": _list_of(_route_host),
-            "path_prefix": _path_prefix,
-            "strip_prefix": _boolean,
-            "preserve_host": _boolean,
-            "listeners": _list_of(_string),
-        }
-    )
-    for index, name in enumerate(options.get("listeners", ())):
-        listener = listeners.get(name)
-        if listener is None:
-            raise section.error(f"listeners[{index}]", f"no listener named {name!r}")
-        if listener.protocol not in ("http", "https"):
-            raise section.error(f"listeners[{index}]", f"not an http listener named {name!r}")
-        if listener.redirect_to_https is not None:
-            raise section.error(
-                f"listeners[{index}]",
-                f"listener {name!r} only redirects to HTTPS (redirect_to_https): no route "
-                "applies to it",
-            )
-    return RouteConfig(pool=pool, **options)
-
-
-_SettingsT = TypeVar("_SettingsT", Timeouts, Limits, HeaderPolicy, LogSettings)
+_SettingsT = TypeVar("_SettingsT", Timeouts, Limits, HeaderPolicy, LogSettings, ServerSettings)
 
 
 def _settings(
@@ -179,7 +143,18 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     @raise ConfigError: anything is wrong.
     """
     top = _Section(source, "", data)
-    top.allow("listener", "route", "pool", "timeouts", "limits", "headers", "log")
+    top.allow(
+        "listener",
+        "route",
+        "pool",
+        "middleware",
+        "timeouts",
+        "limits",
+        "headers",
+        "log",
+        "server",
+        "admin",
+    )
 
     listeners: dict[str, ListenerConfig] = {}
     for table in top.tables("listener"):
@@ -202,7 +177,12 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
                 f"pool.{name}.ftp",
                 f'has no effect: no protocol = "ftp" listener uses pool {name!r}',
             )
-    routes = tuple(_route(table, pools, listeners) for table in top.tables("route"))
+    middlewares = {
+        name: read_middleware(name, table) for name, table in top.named_tables("middleware")
+    }
+    routes = tuple(
+        read_route(table, pools, listeners, middlewares) for table in top.tables("route")
+    )
     http_listeners = [listener for listener in listeners.values() if listener.proxies_http]
     if http_listeners and not routes:
         raise top.error(
@@ -235,11 +215,52 @@ def parse_config(data: Mapping[str, object], source: str) -> Config:
     log = _settings(
         log_table,
         LogSettings,
-        {"access": _choice(ACCESS_FORMATS), "access_file": _string},
+        {
+            "access": _choice(ACCESS_FORMATS),
+            "access_file": _string,
+            "rotate_length": _integer(0),
+            "max_rotated_files": _integer(0),
+        },
     )
     if log.access_file is not None and log.access == "off":
         raise log_table.error("access_file", 'has no effect while log.access is "off"')
-    return Config(tuple(listeners.values()), routes, tuple(pools.values()), proxy, log, source)
+    config = Config(
+        tuple(listeners.values()),
+        routes,
+        tuple(pools.values()),
+        proxy,
+        log,
+        source,
+        tuple(middlewares.values()),
+        server=_settings(
+            top.table("server"),
+            ServerSettings,
+            {"grace_period": _number(0.0), "workers": _integer(1, MAX_WORKERS)},
+        ),
+        admin=read_admin(top.table("admin")) if top.has("admin") else None,
+    )
+    check_workers(config, config.server.workers)
+    return config
+
+
+def check_workers(config: Config, workers: int) -> None:
+    """
+    Check that C{workers} processes can share every listener of C{config}: only C{tcp} and
+    C{tcp6} endpoints can be handed to other processes.
+
+    @raise ConfigError: naming the first listener's C{endpoint} that cannot.
+    """
+    if workers <= 1:
+        return
+    for index, listener in enumerate(config.listeners):
+        kind = listener.endpoint.split(":", 1)[0].strip().lower()
+        if kind not in WORKER_ENDPOINTS:
+            raise ConfigError(
+                config.source,
+                f"listener[{index}].endpoint",
+                f"with {workers} workers, listeners must use tcp: or tcp6: endpoints "
+                f"(worker processes share the listening socket), not {kind}:",
+            )
 
 
 def load_config(path: str) -> Config:
@@ -304,11 +325,15 @@ __all__ = [
     "ACCESS_FORMATS",
     "CLIENT_CERT_MODES",
     "COMMAND_LINE",
+    "IDENTITY_HEADER",
     "MAX_WEIGHT",
+    "MAX_WORKERS",
     "MIN_PASSIVE_PORT",
     "PROTOCOLS",
     "SEND_PROXY",
     "TLS_VERSIONS",
+    "WORKER_ENDPOINTS",
+    "AdminConfig",
     "BackendConfig",
     "Check",
     "Config",
@@ -316,9 +341,11 @@ __all__ = [
     "FTPListenerConfig",
     "ListenerConfig",
     "ListenerTLSConfig",
+    "MiddlewareConfig",
     "PoolConfig",
     "RouteConfig",
     "T",
+    "check_workers",
     "load_config",
     "parse_config",
     "quick_config",

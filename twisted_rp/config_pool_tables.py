@@ -9,7 +9,7 @@ eventually given to, so the file, the documentation and the library agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from twisted_rp.config_readers import (
     _string,
     _token,
 )
+from twisted_rp.extensions import ExtensionRef, read_extension
 from twisted_rp.interfaces import IStickiness
 from twisted_rp.pool import PassiveHealth
 from twisted_rp.pool.dns import KINDS as DNS_KINDS
@@ -60,7 +61,8 @@ class StickyConfig:
     C{[pool.NAME.sticky]}: keeping a client on one backend.  Keys that do not apply to
     C{kind} are L{None}.
 
-    @ivar kind: one of L{twisted_rp.pool.sticky.STICKINESS}.
+    @ivar kind: one of L{twisted_rp.pool.sticky.STICKINESS}, or the name of a stickiness
+        extension (see L{twisted_rp.extensions}), whose options are in C{extension}.
     @ivar cookie: the cookie's name (C{cookie} and C{app_cookie}).
     @ivar secret: the key signing the cookie (C{cookie}), at least 16 bytes.
     @ivar max_age: the cookie's C{Max-Age}; 0 for a session cookie.
@@ -70,6 +72,7 @@ class StickyConfig:
 
     kind: str
     strict: bool = False
+    extension: ExtensionRef | None = None
     cookie: str | None = None
     secret: bytes | None = field(default=None, repr=False)
     path: str | None = None
@@ -87,11 +90,13 @@ class HealthConfig:
     C{[pool.NAME.health]}: the active health check.  Keys that do not apply to C{kind} are
     L{None}.
 
-    @ivar kind: one of L{HEALTH_KINDS}.
+    @ivar kind: one of L{HEALTH_KINDS}, or the name of a health check extension (see
+        L{twisted_rp.extensions}), whose options are in C{extension}.
     @ivar expect_status: the lowest and highest healthy HTTP status, inclusive.
     """
 
     kind: str
+    extension: ExtensionRef | None = None
     interval: float = _CHECKER["interval"]
     timeout: float = _CHECKER["timeout"]
     jitter: float = _CHECKER["jitter"]
@@ -257,7 +262,13 @@ def _secret(section: _Section) -> bytes:
 
 
 def _sticky(section: _Section) -> StickyConfig:
-    kind = section.required("kind", _choice(frozenset(STICKINESS)))
+    kind = section.required("kind", _string)
+    if kind not in STICKINESS:
+        return StickyConfig(
+            kind=kind,
+            strict=section.optional({"strict": _boolean}).get("strict", False),
+            extension=_extension("stickiness", section, STICKINESS, ("strict",)),
+        )
     _only_for(section, kind, _STICKY_KEYS)
     defaults = _defaults(STICKINESS[kind])
     options = section.optional(
@@ -302,6 +313,9 @@ def make_stickiness(sticky: StickyConfig, clock: IReactorTime | None) -> ISticki
 
     @param clock: times the entries of the table-based kinds; L{None} for the global reactor.
     """
+    if sticky.extension is not None:
+        stickiness: IStickiness = sticky.extension.build(clock, "<config>")
+        return stickiness
     factory = STICKINESS[sticky.kind]
     if sticky.kind == "cookie":
         return factory(
@@ -333,16 +347,31 @@ _HEALTH_KEYS = {
 }
 
 
+_CHECKER_KEYS = ("interval", "timeout", "jitter", "rise", "fall")
+
+
+def _extension(
+    kind: str, section: _Section, builtins: Iterable[str], reserved: tuple[str, ...]
+) -> ExtensionRef:
+    try:
+        return read_extension(kind, section, "kind", reserved=reserved)
+    except ConfigError as error:
+        if error.key == section.key("kind"):
+            error = section.error(
+                "kind", f"{error.message}; the built-in ones are {', '.join(builtins)}"
+            )
+        raise error from None
+
+
 def _health(section: _Section) -> HealthConfig:
-    kind = section.required("kind", _choice(frozenset(HEALTH_KINDS)))
+    kind = section.required("kind", _string)
+    if kind not in HEALTH_KINDS:
+        extension = _extension("health_check", section, HEALTH_KINDS, _CHECKER_KEYS)
+        return HealthConfig(kind=kind, extension=extension, **_checker_options(section))
     _only_for(section, kind, _HEALTH_KEYS)
-    options = section.optional(
+    options = _checker_options(section)
+    options |= section.optional(
         {
-            "interval": _seconds,
-            "timeout": _seconds,
-            "jitter": _number(0.0, 1.0, open_high=True),
-            "rise": _integer(1),
-            "fall": _integer(1),
             "path": _path_prefix,
             "method": _token,
             "host": _string,
@@ -360,6 +389,19 @@ def _health(section: _Section) -> HealthConfig:
     if "password" in options and "user" not in options:
         raise section.error("password", "needs user too")
     return HealthConfig(kind=kind, **options)
+
+
+def _checker_options(section: _Section) -> dict[str, Any]:
+    """The keys of C{[pool.NAME.health]} that the health checker reads, whatever the kind."""
+    return section.optional(
+        {
+            "interval": _seconds,
+            "timeout": _seconds,
+            "jitter": _number(0.0, 1.0, open_high=True),
+            "rise": _integer(1),
+            "fall": _integer(1),
+        }
+    )
 
 
 def _passive(section: _Section) -> PassiveConfig:

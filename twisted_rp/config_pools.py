@@ -41,7 +41,6 @@ from twisted_rp.config_readers import (
     ConfigError,
     _address,
     _boolean,
-    _choice,
     _defaults,
     _expected,
     _format_address,
@@ -51,6 +50,7 @@ from twisted_rp.config_readers import (
     _Section,
     _string,
 )
+from twisted_rp.extensions import ExtensionOptions, ExtensionRef, find_extension
 from twisted_rp.pool import BackendPool
 from twisted_rp.pool.balancers import BALANCERS, HashBalancer
 
@@ -96,7 +96,10 @@ class PoolConfig:
     """
     A named group of interchangeable backends.
 
-    @ivar balance: one of L{twisted_rp.pool.balancers.BALANCERS}.
+    @ivar balance: one of L{twisted_rp.pool.balancers.BALANCERS}, or the name of a balancer
+        extension (a plugin or a dotted name; see L{twisted_rp.extensions}).
+    @ivar balancer: the extension C{balance} names with its C{balance_options}, for a
+        balancer that is not built in; L{None} otherwise.
     @ivar hash_key: with C{balance = "hash"}, what is hashed; L{None} for the balancer's
         default.
     """
@@ -115,6 +118,7 @@ class PoolConfig:
     dns: DNSConfig | None = None
     tls: BackendTLSConfig | None = None
     ftp: FTPBackendsConfig | None = None
+    balancer: ExtensionRef | None = None
 
 
 # Value checks specific to pools.
@@ -204,6 +208,20 @@ def _check_ftps_name(
         )
 
 
+def _balancer_extension(section: _Section, name: str) -> ExtensionRef:
+    """A balancer extension: a plugin or dotted name, its options in C{balance_options}."""
+    try:
+        extension = find_extension("balancer", name)
+    except LookupError as error:
+        built_in = ", ".join(sorted(BALANCERS))
+        raise section.error(
+            "balance", f"{error.args[0]}; the built-in balancers are {built_in}"
+        ) from None
+    options = section.table("balance_options")
+    settings = extension.parse(ExtensionOptions(options))
+    return ExtensionRef(options.path, name, extension, settings)
+
+
 def read_pool(name: str, section: _Section) -> PoolConfig:
     """
     The pool C{[pool.NAME]} describes.
@@ -212,6 +230,7 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
     """
     section.allow(
         "balance",
+        "balance_options",
         "hash_key",
         "retries",
         "slow_start",
@@ -234,7 +253,7 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
         backends[backend.name] = backend
     options = section.optional(
         {
-            "balance": _choice(frozenset(BALANCERS)),
+            "balance": _string,
             "hash_key": _hash_key,
             "retries": _integer(0),
             "slow_start": _seconds_or_zero,
@@ -242,6 +261,11 @@ def read_pool(name: str, section: _Section) -> PoolConfig:
             "queue_timeout": _seconds,
         }
     )
+    balance = options.get("balance", "round_robin")
+    if balance not in BALANCERS:
+        options["balancer"] = _balancer_extension(section, balance)
+    elif section.has("balance_options"):
+        raise section.error("balance_options", f"the built-in {balance!r} takes none")
     if "hash_key" in options and options.get("balance") != "hash":
         raise section.error("hash_key", 'only used with balance = "hash"')
     tables: dict[str, Callable[[_Section], Any]] = {

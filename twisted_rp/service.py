@@ -10,14 +10,12 @@ and are importable from here too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IResolver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from twisted_rp.auth.ipfilter import ClientFilterFactory
 from twisted_rp.config import Config, ConfigError, ListenerConfig
 from twisted_rp.config_pools import FTPBackendsConfig
 from twisted_rp.ftp.control import FTPProxyFactory
@@ -25,7 +23,8 @@ from twisted_rp.http.accesslog import AccessLog, access_log_from_settings
 from twisted_rp.http.backend import BackendConnections
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.http.redirect import HTTPSRedirectFactory
-from twisted_rp.http.routing import Route, Router
+from twisted_rp.http.routing import Router
+from twisted_rp.interfaces import IAccessLog
 from twisted_rp.pool import BackendPool
 from twisted_rp.service_pools import (
     BALANCERS,
@@ -43,8 +42,17 @@ from twisted_rp.service_pools import (
     build_pool,
     build_pools,
 )
+from twisted_rp.service_routes import (
+    build_middlewares,
+    build_router,
+    build_routes,
+    listener_filter,
+)
 from twisted_rp.tcp.relay import TCPProxyFactory
-from twisted_rp.tls import ServerTLS, SighupReloadService, TLSConfigError
+from twisted_rp.tls import ServerTLS, TLSConfigError
+
+if TYPE_CHECKING:
+    from twisted_rp.proxyservice import ReverseProxyService
 
 __all__ = [
     "BALANCERS",
@@ -55,6 +63,8 @@ __all__ = [
     "build_dns_membership",
     "build_ftp_factory",
     "build_health_checker",
+    "build_listener_factory",
+    "build_middlewares",
     "build_monitor",
     "build_pool",
     "build_pools",
@@ -114,40 +124,6 @@ def build_server_tls(
         raise _tls_error(source, key, error, groups) from None
 
 
-def build_routes(
-    config: Config, listener: ListenerConfig, pools: Mapping[str, BackendPool]
-) -> list[Route]:
-    """
-    The routes that apply to C{listener}, in configuration order, using C{pools}.
-
-    Each route is named after its place in the file (C{route[0]}, ...) so logs can point at it.
-    """
-    routes = []
-    for index, route in enumerate(config.routes):
-        if route.listeners and listener.name not in route.listeners:
-            continue
-        routes.append(
-            Route(
-                pools[route.pool],
-                hosts=route.hosts,
-                path_prefix=route.path_prefix,
-                strip_prefix=route.strip_prefix,
-                preserve_host=route.preserve_host,
-                name=f"route[{index}]",
-            )
-        )
-    return routes
-
-
-def build_router(
-    config: Config, listener: ListenerConfig, pools: Mapping[str, BackendPool]
-) -> Router:
-    """
-    The L{Router} of one listener.
-    """
-    return Router(build_routes(config, listener, pools))
-
-
 def open_access_log(config: Config) -> AccessLog | None:
     """
     The access log C{config.log} asks for, or L{None}.
@@ -160,20 +136,6 @@ def open_access_log(config: Config) -> AccessLog | None:
         raise ConfigError(
             config.source, "log.access_file", f"cannot open the file: {error.strerror or error}"
         ) from None
-
-
-class _AccessLogCloser(Service):
-    """
-    Closes the access log file when the application stops, after the listeners (which are
-    stopped first, being added later).
-    """
-
-    def __init__(self, access_log: AccessLog) -> None:
-        self.access_log = access_log
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.access_log.close()
 
 
 def build_tcp_factory(
@@ -210,12 +172,18 @@ def build_ftp_factory(
     FTPS, or must (C{require_tls}), or use implicit FTPS (C{implicit}); the factory starts TLS
     itself, on control and data connections alike.  The pool's C{[pool.NAME.ftp] tls} chooses
     plain, explicit or implicit FTPS towards backends, with one client TLS made from
-    C{[pool.NAME.tls]} (an C{https://} backend's own, if it has one).
+    C{[pool.NAME.tls]} (an C{https://} backend's own, if it has one).  With a
+    C{[listener.login]} table the proxy checks logins against its htpasswd file itself.
 
-    @raise ConfigError: a file of C{[pool.NAME.tls]} is unusable.
+    @raise ConfigError: a file of C{[pool.NAME.tls]} or the login's htpasswd is unusable.
     """
     assert listener.pool is not None and listener.ftp is not None
     ftp = listener.ftp
+    login = None
+    if ftp.login is not None:
+        listeners = list(config.listeners)
+        where = listeners.index(listener) if listener in listeners else listener.name
+        login = ftp.login.build(reactor, config.source, f"listener[{where}].login")
     pool_config = config.pool(listener.pool)
     backend_tls = (pool_config.ftp or FTPBackendsConfig()).tls
     creator = None
@@ -243,6 +211,7 @@ def build_ftp_factory(
         require_tls=ftp.require_tls,
         backend_tls=backend_tls,
         backend_tls_creator=creator,
+        login=login,
     )
 
 
@@ -259,22 +228,96 @@ def check_files(config: Config) -> None:
             build_server_tls(listener, f"listener[{index}]", config.source)
     for pool in config.pools:
         _backend_tls(pool, config.source)
+    from twisted.internet import reactor
+
+    # Building them reads their files (htpasswd, JWKS, keys) and starts nothing.
+    build_middlewares(config, reactor)
+    for index, listener in enumerate(config.listeners):
+        if listener.ftp is not None and listener.ftp.login is not None:
+            listener.ftp.login.build(reactor, config.source, f"listener[{index}].login")
+    for pool in config.pools:
+        if pool.balancer is not None:
+            pool.balancer.build(reactor, config.source)
 
 
-def build_service(config: Config, reactor: Any, resolver: IResolver | None = None) -> MultiService:
+def build_listener_factory(
+    config: Config,
+    index: int,
+    pools: Mapping[str, BackendPool],
+    reactor: Any,
+    *,
+    connections: BackendConnections,
+    access_log: IAccessLog | None,
+    middlewares: Mapping[str, object],
+    server_tls: ServerTLS | None = None,
+    router: Router | None = None,
+) -> IProtocolFactory:
     """
-    Everything C{config} describes: a L{HealthChecker} (C{health:POOL}) and a L{DNSMembership}
-    (C{dns:POOL}) for each pool that has one, then a L{StreamServerEndpointService} per
-    listener, named after it, serving an L{HTTPProxyFactory} with that listener's routes (for
-    C{https}, inside a C{TLSMemoryBIOFactory} with the listener's L{ServerTLS}), an
-    L{HTTPSRedirectFactory} (C{redirect_to_https}), a L{TCPProxyFactory} relaying to its
-    pool or an L{FTPProxyFactory} (L{build_ftp_factory}, which does its own TLS).  Listeners
-    share the pools, the access log and the idle backend connections.
+    The factory listener C{index} of C{config} serves: an L{HTTPProxyFactory} with that
+    listener's routes (for C{https}, inside a C{TLSMemoryBIOFactory} with C{server_tls}), an
+    L{HTTPSRedirectFactory} (C{redirect_to_https}), a L{TCPProxyFactory} relaying to its pool
+    or an L{FTPProxyFactory} (L{build_ftp_factory}, which does its own TLS).
 
-    C{https} and FTPS listeners also get a service reloading their certificates when the files
-    change
-    (C{tls-watch:LISTENER}, unless C{reload_interval} is 0) and, all together, one reloading
-    them on SIGHUP (C{tls-sighup}).
+    @param connections: the idle backend connections HTTP listeners share.
+    @param router: the HTTP routes, if already built (else built from C{config}).
+    @raise ConfigError: the listener's protocol is not supported, or a file of its pool's
+        C{[pool.NAME.tls]} is unusable.
+    """
+    listener = config.listeners[index]
+    factory: IProtocolFactory
+    tls = listener.tls
+    if listener.protocol == "tcp":
+        factory = build_tcp_factory(config, listener, pools, reactor)
+    elif listener.protocol == "ftp":
+        # Not wrapped in TLS even when implicit: the FTP proxy starts TLS on the connection
+        # itself, and on its data connections with the same certificates.
+        factory = build_ftp_factory(config, listener, pools, reactor, server_tls)
+    elif listener.redirect_to_https is not None:
+        factory = HTTPSRedirectFactory(
+            reactor,
+            listener.redirect_to_https,
+            limits=config.proxy.limits,
+            timeout=config.proxy.timeouts.client_header,
+        )
+    elif listener.protocol in HTTP_PROTOCOLS:
+        factory = HTTPProxyFactory(
+            reactor,
+            router if router is not None else build_router(config, listener, pools, middlewares),
+            config.proxy,
+            scheme=listener.protocol,
+            access_log=access_log,
+            connections=connections,
+            client_cert_headers=tls is not None and tls.client_certs != "none",
+            hsts=None if tls is None else tls.hsts,
+        )
+        if tls is not None:
+            assert server_tls is not None, f"{listener.name} needs its ServerTLS"
+            factory = TLSMemoryBIOFactory(server_tls, False, factory)
+    else:
+        raise ConfigError(
+            config.source,
+            f"listener[{index}].protocol",
+            f"{listener.protocol!r} listeners are not supported yet",
+        )
+    client_filter = listener_filter(listener)
+    if client_filter is not None and listener.protocol in ("tcp", "ftp"):
+        # HTTP listeners answer 403 through their routes instead.
+        factory = ClientFilterFactory(client_filter, factory)
+    return factory
+
+
+def build_service(
+    config: Config, reactor: Any, resolver: IResolver | None = None
+) -> ReverseProxyService:
+    """
+    Everything C{config} describes, as a L{ReverseProxyService}: a L{HealthChecker}
+    (C{health:POOL}) and a L{DNSMembership} (C{dns:POOL}) for each pool that has one, a
+    listening service per listener, named after it, serving L{build_listener_factory}'s
+    factory; C{https} and FTPS listeners also get a service reloading their certificates when
+    the files change (C{tls-watch:LISTENER}, unless C{reload_interval} is 0).  Listeners share
+    the pools, the access log and the idle backend connections.  While it runs, SIGHUP reloads
+    the configuration file (and every certificate) and SIGUSR1 rotates the access log file
+    (the C{signals} service).
 
     @param reactor: provides TCP, time and whatever the listeners' endpoints need; its time is
         the one certificates' expiry is checked against.
@@ -285,81 +328,18 @@ def build_service(config: Config, reactor: Any, resolver: IResolver | None = Non
         file cannot be opened, a certificate, key or CA file is missing or unusable, a
         listener's protocol is not supported).
     """
-    top = MultiService()
-    server_tls_list: list[ServerTLS] = []
-    server_tls_by_listener: dict[int, ServerTLS] = {}
-    for index, listener in enumerate(config.listeners):
-        if listener.tls is not None:
-            # Before anything is opened: a bad certificate is the likeliest mistake.
-            server_tls = build_server_tls(listener, f"listener[{index}]", config.source, reactor)
-            server_tls_by_listener[index] = server_tls
-            server_tls_list.append(server_tls)
-    access_log = open_access_log(config)
-    if access_log is not None:
-        _AccessLogCloser(access_log).setServiceParent(top)
-    pools = build_pools(config, reactor)
-    for pool_config in config.pools:
-        pool = pools[pool_config.name]
-        checker = build_health_checker(pool_config, pool, reactor, config.source)
-        if checker is not None:
-            checker.setServiceParent(top)
-        if pool_config.dns is not None:
-            if resolver is None:
-                from twisted.names.client import createResolver
+    from twisted_rp.proxyservice import ReverseProxyService
 
-                resolver = createResolver()
-            membership = build_dns_membership(pool_config, pool, reactor, resolver)
-            assert membership is not None
-            membership.setServiceParent(top)
-    connections = BackendConnections(reactor, reactor, config.proxy.timeouts, config.proxy.limits)
-    for index, listener in enumerate(config.listeners):
-        factory: IProtocolFactory
-        tls = listener.tls
-        if listener.protocol == "tcp":
-            factory = build_tcp_factory(config, listener, pools, reactor)
-        elif listener.protocol == "ftp":
-            # Not wrapped in TLS even when implicit: the FTP proxy starts TLS on the connection
-            # itself, and on its data connections with the same certificates.
-            factory = build_ftp_factory(
-                config, listener, pools, reactor, server_tls_by_listener.get(index)
-            )
-        elif listener.redirect_to_https is not None:
-            factory = HTTPSRedirectFactory(
-                reactor,
-                listener.redirect_to_https,
-                limits=config.proxy.limits,
-                timeout=config.proxy.timeouts.client_header,
-            )
-        elif listener.protocol in HTTP_PROTOCOLS:
-            factory = HTTPProxyFactory(
-                reactor,
-                build_router(config, listener, pools),
-                config.proxy,
-                scheme=listener.protocol,
-                access_log=access_log,
-                connections=connections,
-                client_cert_headers=tls is not None and tls.client_certs != "none",
-                hsts=None if tls is None else tls.hsts,
-            )
-            if tls is not None:
-                factory = TLSMemoryBIOFactory(server_tls_by_listener[index], False, factory)
-        else:
-            raise ConfigError(
-                config.source,
-                f"listener[{index}].protocol",
-                f"{listener.protocol!r} listeners are not supported yet",
-            )
-        if tls is not None and tls.reload_interval > 0:
-            watcher = server_tls_by_listener[index].watch(tls.reload_interval)
-            watcher.setName(f"tls-watch:{listener.name}")
-            watcher.setServiceParent(top)
-        listening = StreamServerEndpointService(
-            serverFromString(reactor, listener.endpoint), factory
-        )
-        listening.setName(listener.name)
-        listening.setServiceParent(top)
-    if server_tls_list:
-        sighup = SighupReloadService(server_tls_list, reactor)
-        sighup.setName("tls-sighup")
-        sighup.setServiceParent(top)
+    top = ReverseProxyService(config, reactor, resolver)
+    # The admin listener (issue #7): API, dashboard and metrics over the running service.
+    if config.admin is not None:
+        from twisted_rp.admin import ProxyStats, build_admin_service
+        from twisted_rp.admin.wiring import observe_tls
+
+        stats = ProxyStats()
+        admin = build_admin_service(top, config.admin, reactor, stats, listeners=top)
+        admin.setServiceParent(top)
+        # TLS listeners added by a reload are observed too (replaced ones inherit observers).
+        observe_tls(stats, top.server_tls())
+        top.after_reload.append(lambda: observe_tls(stats, top.server_tls()))
     return top

@@ -151,8 +151,18 @@ class _ClientTLSCache:
             build_client_tls(self._pool, tls.server_name or hosts[0], self._source)
 
 
-def build_balancer(pool: PoolConfig) -> IBalancer:
-    """A new balancer of the kind C{pool.balance} names, for that pool alone."""
+def build_balancer(
+    pool: PoolConfig, reactor: Any = None, source: str = DEFAULT_SOURCE
+) -> IBalancer:
+    """
+    A new balancer of the kind C{pool.balance} names, for that pool alone.
+
+    @param reactor: given to a balancer extension.
+    @raise ConfigError: a balancer extension cannot be built.
+    """
+    if pool.balancer is not None:
+        balancer: IBalancer = pool.balancer.build(reactor, source)
+        return balancer
     options = {} if pool.hash_key is None else {"key": pool.hash_key}
     return BALANCERS[pool.balance](**options)
 
@@ -207,7 +217,7 @@ def build_pool(
     return BackendPool(
         pool.name,
         [build_backend(backend, tls[backend.name]) for backend in pool.backends],
-        build_balancer(pool),
+        build_balancer(pool, clock, source),
         clock=clock,
         stickiness=None if pool.sticky is None else make_stickiness(pool.sticky, clock),
         slow_start=pool.slow_start,
@@ -279,6 +289,9 @@ def build_monitor(
     verified) and reuses an C{https} backend's own; the C{http} kind speaks HTTPS, with the
     backend's client TLS, to C{https} backends.
     """
+    if health.extension is not None:
+        monitor: IHealthMonitor = health.extension.build(reactor, source)
+        return monitor
     if health.kind == "http":
         assert health.expect_status is not None
         low, high = health.expect_status

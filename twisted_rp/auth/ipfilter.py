@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_rp.http.message import ErrorResponse, ProxyRequest
@@ -88,3 +91,30 @@ class IPFilter:
         if self.allows(request.client_ip):
             return None
         return ErrorResponse(403, b"403 Forbidden\n")
+
+
+class ClientFilterFactory(Factory):
+    """
+    Wraps a listener's factory: connections from clients C{client_filter} refuses are closed
+    at once, before the wrapped factory sees them.  For listeners that are not HTTP (whose
+    routes answer 403 instead).
+    """
+
+    def __init__(self, client_filter: IPFilter, wrapped: IProtocolFactory) -> None:
+        self.client_filter = client_filter
+        self.wrapped = wrapped
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        host = getattr(addr, "host", "")
+        if not self.client_filter.allows(host):
+            self._log.info("refused a connection from {client}", client=host)
+            return None
+        return self.wrapped.buildProtocol(addr)  # type: ignore[arg-type,return-value]
+
+    _log = Logger()

@@ -108,9 +108,26 @@ class Headers:
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
 
+    def _find_raw(self, raw: bytes, lname: bytes) -> int:
+        """
+        Where the first C{lname} field's value starts in the unsplit block, or -1.  The
+        block was validated (names are tokens directly followed by a colon), so one search
+        of the lower-cased block finds a field without splitting it into fields.
+        """
+        found = (b"\n" + raw).lower().find(b"\n" + lname + b":")
+        return found if found < 0 else found + len(lname) + 1
+
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """The first value of C{name}, or C{default}."""
         lname = name.lower()
+        raw = self._raw
+        if raw is not None:
+            # Forwarded heads stay unsplit: asking for one field (Host) must not split them.
+            start = self._find_raw(raw, lname)
+            if start < 0:
+                return default
+            end = raw.find(b"\r\n", start)
+            return raw[start : end if end >= 0 else len(raw)].strip(b" \t")
         for f in self.fields:
             if f[0] == lname:
                 return f[2]
@@ -150,6 +167,9 @@ class Headers:
     def remove(self, name: bytes) -> None:
         """Drop every C{name} field."""
         lname = name.lower()
+        raw = self._raw
+        if raw is not None and self._find_raw(raw, lname) < 0:
+            return
         self.fields = [f for f in self.fields if f[0] != lname]
 
     def remove_all(self, lnames: AbstractSet[bytes]) -> None:
