@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -97,10 +98,16 @@ class DashboardBrowserTests(TestCase):
     async def wait_for(self, description: str, condition: Callable[[Any], Any]) -> Any:
         from selenium.webdriver.support.ui import WebDriverWait
 
+        from selenium.common.exceptions import StaleElementReferenceException
+
         def waiting() -> Any:
-            return WebDriverWait(self.browser, 15, poll_frequency=0.1).until(
-                condition, f"waited 15 s for {description}"
-            )
+            # A row replaced by a refresh between finding it and reading it: look again.
+            return WebDriverWait(
+                self.browser,
+                15,
+                poll_frequency=0.1,
+                ignored_exceptions=(StaleElementReferenceException,),
+            ).until(condition, f"waited 15 s for {description}")
 
         return await self.in_browser(waiting)
 
@@ -153,6 +160,9 @@ class DashboardBrowserTests(TestCase):
                 (By.CSS_SELECTOR, "#backend-app-b2 button.action-drain")
             ),
         )
+        # Refreshes update the page in place: the button found a poll ago is still the one
+        # shown, so a click never lands on a node that was just replaced.
+        await self.in_browser(lambda: time.sleep(1.5))
         await self.in_browser(drain.click)
         alert = await self.wait_for("the confirmation", expected_conditions.alert_is_present())
         question = await self.in_browser(lambda: alert.text)

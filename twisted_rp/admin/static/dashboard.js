@@ -162,6 +162,36 @@ function routeRow(route, now) {
     el("td", {class: "num", text: seconds(route.latency.p99)}));
 }
 
+// Make `current` look like `fresh` in place, replacing only what differs, so that the nodes
+// under the pointer (a button half-clicked) survive a refresh.
+function morph(current, fresh) {
+  if (current.nodeName !== fresh.nodeName ||
+      (current.nodeName === "BUTTON" && current.className !== fresh.className)) {
+    current.replaceWith(fresh);
+    return;
+  }
+  if (current.nodeType === Node.TEXT_NODE) {
+    if (current.data !== fresh.data) current.data = fresh.data;
+    return;
+  }
+  for (const {name, value} of Array.from(fresh.attributes)) {
+    if (current.getAttribute(name) !== value) current.setAttribute(name, value);
+  }
+  for (const {name} of Array.from(current.attributes)) {
+    if (!fresh.hasAttribute(name)) current.removeAttribute(name);
+  }
+  morphChildren(current, Array.from(fresh.childNodes));
+}
+
+function morphChildren(parent, children) {
+  const current = Array.from(parent.childNodes);
+  if (current.length !== children.length) {
+    parent.replaceChildren(...children);
+    return;
+  }
+  current.forEach((node, index) => morph(node, children[index]));
+}
+
 async function refresh() {
   if (busy) return;
   busy = true;
@@ -169,8 +199,8 @@ async function refresh() {
   try {
     const [pools, routes] = await Promise.all([call("GET", "api/pools"), call("GET", "api/routes")]);
     const now = Date.now();
-    document.getElementById("pools").replaceChildren(...pools.map((pool) => poolCard(pool, now)));
-    document.querySelector("#routes tbody").replaceChildren(...routes.map((r) => routeRow(r, now)));
+    morphChildren(document.getElementById("pools"), pools.map((pool) => poolCard(pool, now)));
+    morphChildren(document.querySelector("#routes tbody"), routes.map((r) => routeRow(r, now)));
     status.dataset.status = "live";
     status.textContent = "live";
     document.getElementById("updated").textContent = "updated " + new Date(now).toLocaleTimeString();
