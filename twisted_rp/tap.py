@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.python import usage
 
-from twisted_rp.config import Config, ConfigError, load_config, quick_config
+from twisted_rp.config import (
+    MAX_WORKERS,
+    Config,
+    ConfigError,
+    check_workers,
+    load_config,
+    quick_config,
+)
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -58,6 +65,14 @@ class Options(usage.Options):
             None,
             None,
             "Quick mode: how to choose among the --backend servers [default: round_robin].",
+        ],
+        [
+            "workers",
+            None,
+            None,
+            "Serve the listeners with this many worker processes, supervised by this one "
+            "[default: [server] workers, else 1].",
+            int,
         ],
     ]
 
@@ -102,11 +117,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         quick_mode = bool(self["listen"] or self["backend"] or self["balance"] is not None)
+        if self["workers"] is not None and not 1 <= self["workers"] <= MAX_WORKERS:
+            raise usage.UsageError(f"--workers must be from 1 to {MAX_WORKERS}")
         if self["demo"]:
-            if self["config"] is not None or quick_mode or self["check-config"]:
+            if self["config"] is not None or quick_mode or self["check-config"] or self["workers"]:
                 raise usage.UsageError(
                     "--demo takes no other option; drop --config, --check-config, --listen, "
-                    "--backend and --balance"
+                    "--backend, --balance and --workers"
                 )
             return
         if self["config"] is not None:
@@ -143,7 +160,9 @@ class Options(usage.Options):
         from twisted_rp.service import check_files
 
         try:
-            check_files(load_config(path))
+            config = load_config(path)
+            check_workers(config, self["workers"] or 1)
+            check_files(config)
         except ConfigError as error:
             print(error, file=sys.stderr)
             sys.exit(1)
@@ -180,6 +199,11 @@ def makeService(options: Options) -> IService:
 
     config = options.quick if options.quick is not None else load_or_exit(options["config"])
     try:
+        workers = options["workers"]
+        if (workers or config.server.workers) > 1:
+            from twisted_rp.workers import build_master, master_options
+
+            return build_master(config, reactor, workers, master_options(options))
         return build_service(config, reactor)
     except ConfigError as error:
         # Problems found only when building (a certificate file, an access log file) end the

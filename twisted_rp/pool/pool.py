@@ -18,7 +18,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_rp.interfaces import IBackendPool, IBalancer, IPoolObserver, IStickiness
+from twisted_rp.interfaces import (
+    IBackendPool,
+    IBalancer,
+    IOutcomeObserver,
+    IPoolObserver,
+    IStickiness,
+)
 from twisted_rp.pool.backend import (
     ADMIN_STATES,
     Backend,
@@ -69,6 +75,7 @@ class BackendPool:
     @ivar queue_size: how many callers may wait when every usable backend is full (0: none).
     @ivar queue_timeout: seconds a caller waits before L{NoBackendAvailable}.
     @ivar retries: how many other backends a protocol tries after a connect failure.
+    @ivar retried: how many leases were taken for a retry (C{context.avoid} not empty).
     """
 
     def __init__(
@@ -129,6 +136,8 @@ class BackendPool:
         self._serving = False
         self._serve_again = False
         self._observers: list[IPoolObserver] = []
+        self._outcome_observers: list[IOutcomeObserver] = []
+        self.retried = 0
         for backend in backends:
             self._add(backend)
         self._refresh()
@@ -138,8 +147,13 @@ class BackendPool:
 
     @property
     def balancer(self) -> IBalancer:
-        """The pool's L{IBalancer}."""
+        """The pool's L{IBalancer}; replacing it (a reload) drops the old one's state."""
         return self._balancer
+
+    @balancer.setter
+    def balancer(self, balancer: IBalancer) -> None:
+        self._balancer = balancer
+        self._balancer_observe = getattr(balancer, "observe", None)
 
     @property
     def clock(self) -> IReactorTime:
@@ -194,6 +208,8 @@ class BackendPool:
         except _AllBusy as busy:
             return self._wait(context, busy)
         backend.active += 1
+        if context.avoid:
+            self.retried += 1
         return Lease(backend, self)
 
     def release(self, lease: Lease, outcome: Outcome) -> None:
@@ -208,6 +224,8 @@ class BackendPool:
                 self._balancer_observe(backend, outcome)
             if self.passive is not None:
                 self._passive_outcome(backend, outcome)
+        for observer in self._outcome_observers:
+            observer.outcome(self.name, backend, outcome)
         if self._waiting:
             self._serve_waiting()
 
@@ -433,6 +451,10 @@ class BackendPool:
     def remove_observer(self, observer: IPoolObserver) -> None:
         """Stop telling C{observer}; it must have been added."""
         self._observers.remove(observer)
+
+    def add_outcome_observer(self, observer: IOutcomeObserver) -> None:
+        """Tell C{observer} the outcome of every later released lease."""
+        self._outcome_observers.append(observer)
 
     def _add(self, backend: Backend) -> None:
         if backend.name in self._by_name:

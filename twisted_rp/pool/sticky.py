@@ -216,6 +216,10 @@ class _AffinityTable:
     max_entries: int = field(validator=validators.gt(0))
     expiry: float = field(validator=validators.gt(0))
     _entries: OrderedDict[str, _Entry] = field(factory=OrderedDict, init=False)
+    #: Told of each new, moved or forgotten pin (see L{twisted_rp.pool.peers}).
+    publish: Callable[[str, str | None, float | None], None] | None = field(
+        default=None, init=False
+    )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -239,17 +243,26 @@ class _AffinityTable:
 
     def remember(self, key: str, backend: str, now: float, deadline: float | None) -> None:
         """Pin C{key} to C{backend} until C{deadline} (if any), evicting the least recent."""
-        self._entries.pop(key, None)
+        old = self._entries.pop(key, None)
         self._entries[key] = _Entry(backend, now, deadline)
         self._forget_old(now)
+        # Only news is published: a pin confirmed on every request costs one comparison.
+        if self.publish is not None and (
+            old is None or old.backend != backend or old.deadline != deadline
+        ):
+            self.publish(key, backend, deadline)
 
     def repin(self, key: str, backend: str, now: float) -> None:
         """Move a live C{key} to C{backend}; unknown or expired keys stay unknown."""
         if self.lookup(key, now) is not None:
-            self._entries[key].backend = backend
+            entry = self._entries[key]
+            if entry.backend != backend and self.publish is not None:
+                self.publish(key, backend, entry.deadline)
+            entry.backend = backend
 
     def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None and self.publish is not None:
+            self.publish(key, None, None)
 
     def _forget_old(self, now: float) -> None:
         # Least recently used first, so the expired ones (by idle time) are at the front.
