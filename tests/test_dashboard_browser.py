@@ -96,9 +96,8 @@ class DashboardBrowserTests(TestCase):
         return await deferToThread(work)
 
     async def wait_for(self, description: str, condition: Callable[[Any], Any]) -> Any:
-        from selenium.webdriver.support.ui import WebDriverWait
-
         from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
 
         def waiting() -> Any:
             # A row replaced by a refresh between finding it and reading it: look again.

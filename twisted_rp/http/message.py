@@ -152,28 +152,67 @@ class Headers:
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a field."""
+        raw = self._raw
+        if raw is not None:
+            # Appending to the unsplit block serializes exactly as a new field would.
+            self._raw = raw + b"\r\n" + name + b": " + value if raw else name + b": " + value
+            return
         self.fields.append([name.lower(), name, value])
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every C{name} field by one with C{value}, where the first one stood."""
         lname = name.lower()
-        for i, f in enumerate(self.fields):
+        raw = self._raw
+        if raw is not None and self._find_raw(raw, lname) < 0:
+            self.add(name, value)
+            return
+        fields = self.fields
+        for i, f in enumerate(fields):
             if f[0] == lname:
-                self.fields[i] = [lname, name, value]
-                self.fields[i + 1 :] = [g for g in self.fields[i + 1 :] if g[0] != lname]
+                fields[i] = [lname, name, value]
+                rest = fields[i + 1 :]
+                if any(g[0] == lname for g in rest):
+                    fields[i + 1 :] = [g for g in rest if g[0] != lname]
                 return
-        self.fields.append([lname, name, value])
+        fields.append([lname, name, value])
 
     def remove(self, name: bytes) -> None:
         """Drop every C{name} field."""
         lname = name.lower()
         raw = self._raw
-        if raw is not None and self._find_raw(raw, lname) < 0:
+        if raw is not None:
+            self._raw = self._cut_raw(raw, lname)
             return
         self.fields = [f for f in self.fields if f[0] != lname]
 
+    @staticmethod
+    def _cut_raw(raw: bytes, lname: bytes) -> bytes:
+        """C{raw} without its C{lname} lines, still unsplit."""
+        lowered = (b"\n" + raw).lower()
+        key = b"\n" + lname + b":"
+        # lowered[i] is the byte before raw[i]: a match at i is a field name starting at raw[i].
+        found = lowered.find(key)
+        if found < 0:
+            return raw
+        pieces = []
+        kept_from = 0
+        while found >= 0:
+            pieces.append(raw[kept_from:found])
+            line_end = raw.find(b"\r\n", found)
+            kept_from = len(raw) if line_end < 0 else line_end + 2
+            found = lowered.find(key, kept_from)
+        pieces.append(raw[kept_from:])
+        block = b"".join(pieces)
+        return block[:-2] if block.endswith(b"\r\n") else block
+
     def remove_all(self, lnames: AbstractSet[bytes]) -> None:
         """Drop every field whose lower-cased name is in C{lnames}."""
+        raw = self._raw
+        if raw is not None:
+            for lname in lnames:
+                raw = self._cut_raw(raw, lname)
+            self._raw = raw
+            return
         self.fields = [f for f in self.fields if f[0] not in lnames]
 
     def tokens(self, name: bytes) -> list[bytes]:
