@@ -856,6 +856,19 @@ class ResponseTests(ProxyTestCase):
         self.assertTrue(client.closed)
         self.assertFalse(client.aborted)
 
+    def test_closing_lets_go_of_the_producer(self) -> None:
+        """
+        The proxy unregisters its producer before closing: a TCP transport whose full buffer
+        paused that producer would otherwise resume it when the buffer drains, and never
+        close.
+        """
+        harness = ProxyHarness()
+        client, _ = harness.exchange(
+            get(b"/", b"example.com", b"Connection: close"), response(body=b"ok")
+        )
+        self.assertTrue(client.closed)
+        self.assertIsNone(client.transport.producer)
+
     def test_client_connection_close_with_chunked_response(self) -> None:
         harness = ProxyHarness()
         client, _ = harness.exchange(

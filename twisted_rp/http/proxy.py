@@ -326,6 +326,9 @@ class HTTPProxyProtocol(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
+            # A transport whose buffer paused its streaming producer resumes the producer when
+            # the buffer drains instead of closing: without the producer, it closes.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # Writing
