@@ -155,13 +155,10 @@ class TwistdProcess(ProxyProcess):
 
     @staticmethod
     def free_port() -> int:
-        """A TCP port on 127.0.0.1 that nothing listens on just now."""
-        import socket
+        """A TCP port below 32768 on 127.0.0.1 that nothing listens on just now."""
+        from tests.servers import free_port
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-            return port
+        return free_port()
 
     @classmethod
     async def launch(

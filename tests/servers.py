@@ -502,6 +502,30 @@ class BackendServer(Factory):
             await closed.addTimeout(10, self.reactor)
 
 
+#: Fixed ports for programs that cannot listen on port 0 are taken from here: below the
+#: kernel's ephemeral range (32768 and up), so no outgoing connection can be holding one.
+FIXED_PORTS = range(20000, 32768)
+
+
+def free_port() -> int:
+    """
+    A TCP port of 127.0.0.1 below 32768 that nothing listens on just now, for a program
+    that must be told its port in advance (a configuration file, a command line).
+    """
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.choice(FIXED_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below 32768 on 127.0.0.1")
+
+
 # Clients
 
 

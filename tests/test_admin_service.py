@@ -15,17 +15,9 @@ import trustme
 from twisted.internet import reactor as global_reactor
 from twisted.trial.unittest import TestCase
 
-from tests.servers import BackendServer, run_curl, wait_until
+from tests.servers import BackendServer, free_port, run_curl, wait_until
 from twisted_rp.config import load_config
 from twisted_rp.service import build_service
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (it was just freed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 class RunningServiceTests(TestCase):

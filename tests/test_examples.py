@@ -180,16 +180,13 @@ class LibraryExampleTests(TestCase):
         return result.out
 
     async def free_ports(self, count: int) -> list[int]:
-        """Ports of 127.0.0.1 free a moment ago (for programs that take fixed ports)."""
-        from twisted.web.resource import Resource
-        from twisted.web.server import Site
+        """Distinct ports below 32768 free a moment ago (for programs that take fixed ports)."""
+        from tests.servers import free_port
 
-        listen = reactor.listenTCP  # type: ignore[attr-defined]
-        ports = [listen(0, Site(Resource()), interface="127.0.0.1") for _ in range(count)]
-        numbers = [port.getHost().port for port in ports]
-        for port in ports:
-            await port.stopListening()
-        return numbers
+        ports: set[int] = set()
+        while len(ports) < count:
+            ports.add(free_port())
+        return sorted(ports)
 
     def test_rewriting_subclass(self) -> Deferred[None]:
         """
