@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
+from functools import partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_rp.interfaces import ITLSObserver
+from twisted_rp.listening import SignalService
 from twisted_rp.tls.certificates import (
     CertificateFiles,
     TLSConfigError,
@@ -417,61 +418,39 @@ class _FileWatcher(Service):
             self.log.info("TLS certificates reloaded")
 
 
+def _reload_all(server_tls_list: Sequence[ServerTLS]) -> None:
+    # The namespace of these messages stays the package's, as before it was split up.
+    log = Logger(namespace="twisted_rp.tls")
+    for server_tls in server_tls_list:
+        try:
+            server_tls.reload()
+        except TLSConfigError as e:
+            log.error("TLS reload failed, keeping the certificates in use: {error}", error=e)
+    log.info("SIGHUP: TLS certificates reloaded")
+
+
+class SighupReloadService(SignalService):
+    """
+    Reloads every L{ServerTLS} on SIGHUP while running, then calls the handler that was
+    installed before.
+
+    twistd uses SIGHUP to reopen its log file and installs its handler when logging starts,
+    which is after the plugin's C{makeService}: handlers installed from C{startService} find
+    twistd's already there and chain it.  The default action (terminate) is not chained.
+    """
+
+    def __init__(self, server_tls_list: Sequence[ServerTLS], reactor: IReactorFromThreads) -> None:
+        super().__init__(reactor, {signal.SIGHUP: partial(_reload_all, tuple(server_tls_list))})
+
+
 def reload_on_sighup(
     server_tls_list: Sequence[ServerTLS], reactor: IReactorFromThreads
 ) -> Callable[[], None]:
     """
-    Reload every L{ServerTLS} on SIGHUP, then call the handler that was installed before.
-
-    twistd uses SIGHUP to reopen its log file and installs its handler when logging starts,
-    which is after the plugin's C{makeService}: install this from a service's C{startService}
-    (see L{SighupReloadService}) so that twistd's handler is already there and gets chained.
-    The default action (terminate) is not chained.
+    Reload every L{ServerTLS} on SIGHUP from now on (see L{SighupReloadService}).
 
     @return: a callable that puts the previous handler back.
     """
-    # The namespace of these messages stays the package's, as before it was split up.
-    log = Logger(namespace="twisted_rp.tls")
-    previous = signal.getsignal(signal.SIGHUP)
-
-    def reload_all() -> None:
-        for server_tls in server_tls_list:
-            try:
-                server_tls.reload()
-            except TLSConfigError as e:
-                log.error("TLS reload failed, keeping the certificates in use: {error}", error=e)
-        log.info("SIGHUP: TLS certificates reloaded")
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        reactor.callFromThread(reload_all)
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGHUP, handler)
-
-    def uninstall() -> None:
-        if signal.getsignal(signal.SIGHUP) is handler:
-            signal.signal(signal.SIGHUP, previous)
-
-    return uninstall
-
-
-class SighupReloadService(Service):
-    """
-    Installs L{reload_on_sighup} while running.
-    """
-
-    def __init__(self, server_tls_list: Sequence[ServerTLS], reactor: IReactorFromThreads) -> None:
-        self._server_tls_list = tuple(server_tls_list)
-        self._reactor = reactor
-        self._uninstall: Callable[[], None] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._uninstall = reload_on_sighup(self._server_tls_list, self._reactor)
-
-    def stopService(self) -> None:
-        if self._uninstall is not None:
-            self._uninstall()
-            self._uninstall = None
-        super().stopService()
+    service = SighupReloadService(server_tls_list, reactor)
+    service.startService()
+    return service.stopService
