@@ -27,6 +27,7 @@ from tests.test_admin_api import AdminHarness
 from tests.test_ftp_integration import FTPBackend
 from twisted_rp.admin import observe_tls
 from twisted_rp.admin.wiring import observe_factory
+from twisted_rp.auth.ipfilter import ClientFilterFactory, IPFilter
 from twisted_rp.ftp import FTPProxyFactory
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.pool import Backend, BackendPool
@@ -217,6 +218,13 @@ class MetricsTests(TestCase):
             ),
             1,
         )
+
+    def test_ftp_listener_behind_an_address_filter(self) -> None:
+        """An FTP listener with allow/deny lists is observed through its filter."""
+        pool = BackendPool("files", [Backend("ftp1", "127.0.0.1", 21)])
+        factory = FTPProxyFactory(self.reactor, pool)
+        observe_factory(self.admin.stats, ClientFilterFactory(IPFilter(["127.0.0.1"]), factory))
+        self.assertIn(self.admin.stats, factory.observers)
 
     async def test_tls_handshakes(self) -> None:
         directory = Path(self.mktemp())

@@ -16,7 +16,19 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
-__all__ = ["ListeningService", "SignalService"]
+__all__ = ["ListeningService", "SignalService", "serving_factory"]
+
+
+def serving_factory(factory: object) -> Any:
+    """The protocol factory inside C{factory}'s wrappers (TLS, address filters)."""
+    for _ in range(5):
+        if hasattr(factory, "live"):
+            break
+        inner = getattr(factory, "wrappedFactory", None) or getattr(factory, "wrapped", None)
+        if inner is None:
+            break
+        factory = inner
+    return factory
 
 
 class ListeningService(StreamServerEndpointService):

@@ -35,7 +35,7 @@ from twisted_rp.http.accesslog import AccessLog, AccessLogSwitch
 from twisted_rp.http.backend import BackendConnections
 from twisted_rp.http.proxy import HTTPProxyFactory
 from twisted_rp.http.routing import Router
-from twisted_rp.listening import ListeningService, SignalService
+from twisted_rp.listening import ListeningService, SignalService, serving_factory
 from twisted_rp.pool import BackendPool
 from twisted_rp.proxyservice_pools import PoolStates, ReloadPlan, plan_pools
 from twisted_rp.service import (
@@ -79,23 +79,11 @@ def _factory_key(config: Config, listener: ListenerConfig) -> tuple[object, ...]
     return tuple(key)
 
 
-def _serving(factory: object) -> Any:
-    """The protocol factory inside C{factory}'s wrappers (TLS, address filters)."""
-    for _ in range(5):
-        if hasattr(factory, "live"):
-            break
-        inner = getattr(factory, "wrappedFactory", None) or getattr(factory, "wrapped", None)
-        if inner is None:
-            break
-        factory = inner
-    return factory
-
-
 def _inherit_observers(
     old: _Listener, factory: IProtocolFactory, server_tls: ServerTLS | None
 ) -> None:
     """Give a listener's new factory (and certificates) the observers of those it replaces."""
-    pairs = [(_serving(old.factory), _serving(factory))]
+    pairs = [(serving_factory(old.factory), serving_factory(factory))]
     if server_tls is not None and old.server_tls is not None:
         pairs.append((old.server_tls, server_tls))
     for before, after in pairs:
@@ -340,7 +328,7 @@ class ReverseProxyService(MultiService):
         if old is not None and old.key == key:
             plan.listeners[listener.name] = old
             if router is not None:
-                inner = _serving(old.factory)
+                inner = serving_factory(old.factory)
                 plan.actions.append(lambda: setattr(inner, "router", router))
             if old.server_tls is not None:
                 # Same settings, perhaps renewed files (checked above with server_tls).
@@ -426,7 +414,7 @@ class ReverseProxyService(MultiService):
         keep-alive connections take the listener's new routes (C{router}), or are closed once
         idle (C{shutdown}, for a listener that is gone).
         """
-        inner = _serving(factory)
+        inner = serving_factory(factory)
         if router is not None and isinstance(inner, HTTPProxyFactory):
             inner.router = router
         if shutdown:
@@ -476,7 +464,7 @@ class ReverseProxyService(MultiService):
 
     def _live(self) -> list[Any]:
         factories: Iterable[object] = [
-            *(_serving(listener.factory) for listener in self._listeners.values()),
+            *(serving_factory(listener.factory) for listener in self._listeners.values()),
             *self._retired,
         ]
         seen: dict[int, Any] = {}

@@ -334,12 +334,7 @@ def build_service(
     # The admin listener (issue #7): API, dashboard and metrics over the running service.
     if config.admin is not None:
         from twisted_rp.admin import ProxyStats, build_admin_service
-        from twisted_rp.admin.wiring import observe_tls
 
-        stats = ProxyStats()
-        admin = build_admin_service(top, config.admin, reactor, stats, listeners=top)
+        admin = build_admin_service(top, config.admin, reactor, ProxyStats(), listeners=top)
         admin.setServiceParent(top)
-        # TLS listeners added by a reload are observed too (replaced ones inherit observers).
-        observe_tls(stats, top.server_tls())
-        top.after_reload.append(lambda: observe_tls(stats, top.server_tls()))
     return top

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceCollection
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twisted_rp.admin.stats import ProxyStats
 from twisted_rp.ftp.control import FTPProxyFactory
 from twisted_rp.http.proxy import HTTPProxyFactory
+from twisted_rp.listening import serving_factory
 from twisted_rp.tls import ServerTLS
 
 
@@ -23,8 +23,7 @@ def observe_factory(stats: ProxyStats, factory: object) -> None:
     report nothing beyond their pools' outcomes; the handshakes of an HTTPS listener need its
     L{ServerTLS} handed to L{observe_tls}, as the TLS wrapper does not show it.
     """
-    if isinstance(factory, TLSMemoryBIOFactory):
-        factory = factory.wrappedFactory
+    factory = serving_factory(factory)
     if isinstance(factory, HTTPProxyFactory):
         if stats not in factory.request_observers:
             factory.request_observers.append(stats)
@@ -44,8 +43,12 @@ def observe_tls(stats: ProxyStats, server_tls: Iterable[ServerTLS]) -> None:
 
 def observe_listeners(stats: ProxyStats, service: IService) -> None:
     """
-    L{observe_factory} for every listening service in the tree under C{service}.
+    L{observe_factory} for every listening service in the tree under C{service}, and
+    L{observe_tls} for the TLS servers of a proxy service (which keeps them itself).
     """
+    server_tls = getattr(service, "server_tls", None)
+    if callable(server_tls):
+        observe_tls(stats, server_tls())
     if isinstance(service, StreamServerEndpointService):
         observe_factory(stats, service.factory)
     if IServiceCollection.providedBy(service):
