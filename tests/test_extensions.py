@@ -246,6 +246,14 @@ class ConfigTests(SynchronousTestCase):
             "not a media type",
         )
 
+    def test_rule_values_must_be_strings(self) -> None:
+        for rule in ('{ replace = "X-A", pattern = "a", value = 1 }', '{ set = "X-A", value = 1 }'):
+            self.assertConfigError(
+                f'[middleware.m]\ntype = "headers"\nresponse = [{rule}]\n[[route]]\npool = "app"\n',
+                "middleware.m.response[0].value",
+                "expected a string, got 1",
+            )
+
     def test_route_names_unknown_middleware(self) -> None:
         self.assertConfigError(
             '[[route]]\npool = "app"\nmiddlewares = ["sso"]\n',

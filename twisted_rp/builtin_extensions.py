@@ -168,15 +168,12 @@ def _rules(options: ExtensionOptions, key: str) -> tuple[object, ...]:
                     Replace(
                         name,
                         table.string("pattern").encode(),
-                        table.raw("value", "").encode(),
+                        table.text("value", "").encode(),
                     )
                 )
             else:
                 table.allow(kind, "value")
-                value = table.raw("value")
-                if not isinstance(value, str):
-                    raise table.error("value", f"expected a string, got {value!r}")
-                rules.append((Add if kind == "add" else Set)(name, value.encode()))
+                rules.append((Add if kind == "add" else Set)(name, table.text("value").encode()))
         except ValueError as error:
             raise options.error(f"{key}[{index}]", str(error)) from None
     return tuple(rules)
@@ -211,14 +208,10 @@ def _path(options: ExtensionOptions) -> Mapping[str, Any]:
         "strip_prefix": options.string("strip_prefix", None),
         "add_prefix": options.string("add_prefix", None),
         "pattern": options.string("pattern", None),
-        "replacement": options.raw("replacement", ""),
+        "replacement": options.text("replacement", "").encode(),
     }
     if settings["pattern"] is not None:
         settings["pattern"] = settings["pattern"].encode()
-    replacement = settings["replacement"]
-    if not isinstance(replacement, str):
-        raise options.error("replacement", "expected a string")
-    settings["replacement"] = replacement.encode()
     from twisted_rp.rewrite import PathRewriter
 
     for key in ("strip_prefix", "add_prefix", "pattern"):

@@ -94,6 +94,13 @@ def _string(value: object) -> str:
     return value
 
 
+def _text(value: object) -> str:
+    """A string, possibly empty (a replacement, a header value)."""
+    if not isinstance(value, str):
+        raise _expected("a string", value)
+    return value
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _expected("true or false", value)

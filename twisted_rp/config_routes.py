@@ -19,6 +19,7 @@ from twisted_rp.config_readers import (
     _route_host,
     _Section,
     _string,
+    _text,
     _token,
 )
 from twisted_rp.extensions import ExtensionRef, read_extension
@@ -103,7 +104,7 @@ def _cookie_domains(section: _Section) -> tuple[tuple[str, str], ...]:
     table = section.table("cookie_domains")
     pairs = []
     for internal in table.names():
-        public = table.required(internal, lambda v: v if isinstance(v, str) else _string(v))
+        public = table.required(internal, _text)
         if ";" in public or any(ord(c) < 0x21 for c in public):
             raise table.error(internal, f"not a cookie domain: {public!r}")
         pairs.append((internal, public))
@@ -115,7 +116,7 @@ def _substitutions(section: _Section) -> tuple[tuple[bytes, bytes], ...]:
     for table in section.tables("substitute"):
         table.allow("search", "replace")
         search = table.required("search", _string)
-        replace = table.required("replace", lambda v: v if isinstance(v, str) else _string(v))
+        replace = table.required("replace", _text)
         rules.append((search.encode("utf-8"), replace.encode("utf-8")))
     if not rules:
         raise section.error("substitute", "expected at least one { search, replace } table")

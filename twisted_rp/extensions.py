@@ -36,6 +36,7 @@ from twisted_rp.config_readers import (
     _number,
     _Section,
     _string,
+    _text,
 )
 from twisted_rp.interfaces import (
     IAuthenticator,
@@ -122,6 +123,10 @@ class ExtensionOptions:
             return value
 
         return self._checked(key, check, default)
+
+    def text(self, key: str, default: Any = _MISSING) -> Any:
+        """A string, which may be empty."""
+        return self._checked(key, _text, default)
 
     def strings(self, key: str, default: Any = _MISSING) -> Any:
         return self._checked(key, _list_of(_string), default)
