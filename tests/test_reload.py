@@ -161,27 +161,31 @@ class ReloadTests(SynchronousTestCase):
     def test_middleware_options_changed(self) -> None:
         """
         Middlewares are built anew when their options changed (not only their type), and
-        kept when the file did not change them.
+        kept when the file did not change them, even while others change.
         """
         tables = (
             '\n[middleware.env]\ntype = "headers"\n'
             'request = [{{ set = "X-Env", value = "{env}" }}]\n'
+            '\n[middleware.quiet]\ntype = "hide_backend"\n'
         )
-        text = BASE.replace('pool = "web"\n', 'pool = "web"\nmiddlewares = ["env"]\n', 1)
+        text = BASE.replace('pool = "web"\n', 'pool = "web"\nmiddlewares = ["env", "quiet"]\n', 1)
 
         def env() -> Any:
-            [middleware] = self.service.routers["public"].routes[0].request_rewriters[1:]
-            return middleware
+            return self.service.routers["public"].routes[0].request_rewriters[1]
+
+        def quiet() -> Any:
+            return self.service.routers["public"].routes[0].request_rewriters[2]
 
         write(self.directory, text + tables.format(env="a"))
         self.successResultOf(reload(self.service))
-        first = env()
+        first, quiet_first = env(), quiet()
         self.assertEqual(first.request[0].value, b"a")
         self.successResultOf(reload(self.service))
         self.assertIs(env(), first)
         write(self.directory, text + tables.format(env="b"))
         self.successResultOf(reload(self.service))
         self.assertEqual(env().request[0].value, b"b")
+        self.assertIs(quiet(), quiet_first)
 
     def test_unusable_access_log_rejected(self) -> None:
         """A file that can be parsed but not set up is rejected just the same."""

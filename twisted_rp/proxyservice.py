@@ -269,7 +269,9 @@ class ReverseProxyService(MultiService):
         elif access_log is not None:
             plan.actions.append(access_log.reopen)
         if old is None or old.middlewares != config.middlewares:
-            middlewares = build_middlewares(config, reactor)
+            before = () if old is None else old.middlewares
+            keep = {m.name: self._middlewares[m.name] for m in config.middlewares if m in before}
+            middlewares = build_middlewares(config, reactor, keep)
         else:
             middlewares = self._middlewares
         connections = self._connections
@@ -299,9 +301,12 @@ class ReverseProxyService(MultiService):
                 plan.actions.append(partial(self._retire, gone.factory, shutdown=True))
 
         def swap_state() -> None:
-            if middlewares is not self._middlewares and self._middlewares:
+            if middlewares is not self._middlewares:
                 # Requests in flight may still use them: closed when the proxy stops.
-                self._retired_middlewares.extend(self._middlewares.values())
+                kept = {id(m) for m in middlewares.values()}
+                self._retired_middlewares.extend(
+                    m for m in self._middlewares.values() if id(m) not in kept
+                )
             self._middlewares = middlewares
             self._access_log = access_log
             if connections is not self._connections and self._connections is not None:

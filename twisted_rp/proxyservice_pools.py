@@ -181,9 +181,11 @@ def _plan_settings(plan: ReloadPlan, old: PoolState, new: PoolConfig, reactor: A
     ):
         balancer = build_balancer(new, reactor, source)
     sticky_changed = before.sticky != new.sticky
-    stickiness = make_stickiness(new.sticky, reactor) if new.sticky is not None else None
+    stickiness = None
+    if sticky_changed and new.sticky is not None:
+        stickiness = make_stickiness(new.sticky, reactor)
     passive_changed = before.passive != new.passive
-    passive = _passive(new)
+    passive = _passive(new) if passive_changed else None
 
     def apply() -> None:
         if balancer is not None:

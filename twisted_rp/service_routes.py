@@ -36,14 +36,22 @@ from twisted_rp.interfaces import (
 from twisted_rp.rewrite import CookieRewriter, Gzip, NoStore, RedirectRewriter, Substitute
 
 
-def build_middlewares(config: Config, reactor: Any) -> dict[str, object]:
+def build_middlewares(
+    config: Config, reactor: Any, keep: Mapping[str, object] | None = None
+) -> dict[str, object]:
     """
     One object per C{[middleware.NAME]} table, by name, shared by every route naming it.
 
+    @param keep: objects still valid for some names (a reload whose tables for them did not
+        change): used as they are, with their caches and connections.
     @raise ConfigError: naming the middleware's table, when one cannot be built (a file it
         names is missing, say).
     """
-    return {m.name: m.extension.build(reactor, config.source) for m in config.middlewares}
+    keep = keep or {}
+    return {
+        m.name: keep[m.name] if m.name in keep else m.extension.build(reactor, config.source)
+        for m in config.middlewares
+    }
 
 
 def listener_filter(listener: ListenerConfig) -> IPFilter | None:
