@@ -211,6 +211,12 @@ class ConfigTests(SynchronousTestCase):
             "http://",
         )
         self.assertConfigError(
+            '[middleware.m]\ntype = "forward"\nurl = "http://auth"\nfailure_status = 600\n'
+            '[[route]]\npool = "app"\n',
+            "middleware.m.failure_status",
+            "expected an integer from 500 to 599, got 600",
+        )
+        self.assertConfigError(
             '[middleware.m]\ntype = "ip_filter"\ndeny = ["10.0.0.300/8"]\n'
             '[[route]]\npool = "app"\n',
             "middleware.m.deny",

@@ -107,7 +107,7 @@ def _forward(options: ExtensionOptions) -> Mapping[str, Any]:
         "request_headers": options.strings("request_headers", None),
         "identity_from": options.string("identity_from", None),
         "timeout": options.number("timeout", 5.0),
-        "failure_status": options.integer("failure_status", 503, minimum=500),
+        "failure_status": options.integer("failure_status", 503, minimum=500, maximum=599),
     }
 
 

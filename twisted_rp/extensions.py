@@ -18,6 +18,7 @@ See C{docs/extending.rst}.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +32,7 @@ from zope.interface.interface import InterfaceClass
 from twisted_rp.config_readers import (
     ConfigError,
     _boolean,
+    _integer,
     _Invalid,
     _list_of,
     _number,
@@ -94,10 +96,6 @@ class ExtensionOptions:
         L{TypeError} with a message for a wrong value); C{default} when absent, which makes the
         option required when not given.
         """
-        if not self._section.has(key):
-            if default is _MISSING:
-                raise self.error(key, "required key is missing")
-            return default
 
         def checked(value: object) -> Any:
             try:
@@ -105,7 +103,7 @@ class ExtensionOptions:
             except (ValueError, TypeError) as error:
                 raise _Invalid(str(error)) from None
 
-        return self._section.required(key, checked)
+        return self._checked(key, checked, default)
 
     def string(self, key: str, default: Any = _MISSING) -> Any:
         return self._checked(key, _string, default)
@@ -116,13 +114,10 @@ class ExtensionOptions:
     def number(self, key: str, default: Any = _MISSING, minimum: float = 0.0) -> Any:
         return self._checked(key, _number(minimum), default)
 
-    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0) -> Any:
-        def check(value: object) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise _Invalid(f"expected an integer >= {minimum}, got {value!r}")
-            return value
-
-        return self._checked(key, check, default)
+    def integer(
+        self, key: str, default: Any = _MISSING, minimum: int = 0, maximum: int = sys.maxsize
+    ) -> Any:
+        return self._checked(key, _integer(minimum, maximum), default)
 
     def text(self, key: str, default: Any = _MISSING) -> Any:
         """A string, which may be empty."""
