@@ -24,7 +24,7 @@ def serving_factory(factory: object) -> Any:
     for _ in range(5):
         if hasattr(factory, "live"):
             break
-        inner = getattr(factory, "wrappedFactory", None) or getattr(factory, "wrapped", None)
+        inner = getattr(factory, "wrappedFactory", None)
         if inner is None:
             break
         factory = inner

@@ -102,19 +102,19 @@ class ClientFilterFactory(Factory):
 
     def __init__(self, client_filter: IPFilter, wrapped: IProtocolFactory) -> None:
         self.client_filter = client_filter
-        self.wrapped = wrapped
+        self.wrappedFactory = wrapped
 
     def doStart(self) -> None:
-        self.wrapped.doStart()
+        self.wrappedFactory.doStart()
 
     def doStop(self) -> None:
-        self.wrapped.doStop()
+        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         host = getattr(addr, "host", "")
         if not self.client_filter.allows(host):
             self._log.info("refused a connection from {client}", client=host)
             return None
-        return self.wrapped.buildProtocol(addr)  # type: ignore[arg-type,return-value]
+        return self.wrappedFactory.buildProtocol(addr)  # type: ignore[arg-type,return-value]
 
     _log = Logger()

@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: Retries when a pool does not say (HAProxy's and nginx's tries: the first and two more).
 _DEFAULT_RETRIES = 2
-#: Connection-oriented authentication: the client connection must keep its backend connection.
-_CONNECTION_AUTH = (b"ntlm", b"negotiate")
-#: Response fields the proxy re-creates for the client connection.
-_RESPONSE_FRAMING = frozenset({b"content-length"})
 
 
 class Exchange(RequestSide, ResponseHeads):

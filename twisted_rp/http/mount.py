@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from twisted_rp.http.forwarding import CLIENT_CERT_FIELDS, HOP_BY_HOP
 from twisted_rp.http.message import ErrorResponse
-from twisted_rp.http.proxy import reason_phrase
+from twisted_rp.http.proxy import host_name, reason_phrase
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
     Backend,
@@ -382,7 +382,7 @@ class _Forward:
         return PickContext(
             "http",
             _client_ip(request),
-            _host_name(host[0] if host else b""),
+            host_name(host[0] if host else b""),
             request.uri.decode("latin-1"),
             None,
             header,
@@ -564,13 +564,6 @@ def _failure_kind(error: Exception) -> tuple[str, int]:
 def _client_ip(request: Request) -> str:
     address: Any = request.getClientAddress()
     return str(getattr(address, "host", "") or "")
-
-
-def _host_name(host: bytes) -> str:
-    text = host.decode("ascii", "replace").lower()
-    if text.startswith("["):
-        return text[: text.find("]") + 1]
-    return text.rsplit(":", 1)[0].rstrip(".")
 
 
 def _url_host(host: str) -> bytes:

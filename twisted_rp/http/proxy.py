@@ -182,7 +182,7 @@ class HTTPProxyProtocol(Protocol):
             authority, head.target = split_absolute_target(head.target)
             if authority is not None:
                 head.headers.set(b"Host", authority)
-        host = _host_name(info.host)
+        host = host_name(info.host)
         connection_tokens = info.connection
         if head.version == b"HTTP/1.1":
             self.wants_keepalive = b"close" not in connection_tokens
@@ -481,7 +481,7 @@ def _no_delay(transport: Any) -> None:
         set_no_delay(True)
 
 
-def _host_name(host: bytes | None) -> str:
+def host_name(host: bytes | None) -> str:
     if not host:
         return ""
     text = host.decode("ascii", "replace").lower()

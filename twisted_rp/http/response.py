@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from twisted_rp.http.proxy import HTTPProxyProtocol
 
 _NOTHING: frozenset[bytes] = frozenset()
-_UPGRADE = frozenset({b"upgrade"})
 #: Response fields the proxy re-creates for the client connection.
 _RESPONSE_FRAMING = frozenset({b"content-length"})
 #: Connection-oriented authentication: the client connection must keep its backend connection.
