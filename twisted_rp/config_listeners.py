@@ -31,7 +31,7 @@ from twisted_rp.config_readers import (
     _string,
 )
 from twisted_rp.ftp.control import BACKEND_PASSIVE_MODES, FTPProxyFactory
-from twisted_rp.ftp.proxylogin import BackendAccount, ProxyLogin
+from twisted_rp.ftp.proxylogin import BackendAccount, ProxyLogin, _printable
 from twisted_rp.settings import Network
 from twisted_rp.tcp.relay import TCPProxyFactory
 from twisted_rp.tls import CertificateFiles, ServerTLS
@@ -314,10 +314,6 @@ def _login_password(value: object) -> str:
     if not isinstance(value, str) or not _printable(value):
         raise _Invalid("expected a string without control characters")
     return value
-
-
-def _printable(text: str) -> bool:
-    return not any(ord(character) < 0x20 or ord(character) == 0x7F for character in text)
 
 
 def _ftp_login(section: _Section) -> FTPLoginConfig:

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted_rp.admin.state import ProxyState
 from twisted_rp.admin.stats import ProxyStats, latency_summary, merge_snapshots
 from twisted_rp.config import Config, ConfigError
-from twisted_rp.config_readers import _address, _Invalid
+from twisted_rp.config_readers import _address, _format_address, _Invalid
 from twisted_rp.pool import BackendPool
 from twisted_rp.pool.backend import ADMIN_STATES, Backend
 from twisted_rp.service_pools import build_client_tls
@@ -324,7 +324,7 @@ class AdminAPI(Resource):
             host, port = _address(rest)
         except _Invalid as invalid:
             raise APIError(400, f"address: {invalid.message}") from None
-        name = body.get("name", _address_text(host, port))
+        name = body.get("name", _format_address(host, port))
         weight = body.get("weight", 1)
         max_connections = body.get("max_connections", 0)
         backup = body.get("backup", False)
@@ -382,10 +382,6 @@ class AdminAPI(Resource):
 
 def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _address_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _require_json(request: Request) -> None:

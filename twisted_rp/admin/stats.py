@@ -24,7 +24,7 @@ from twisted_rp.interfaces import (
     ITLSObserver,
 )
 from twisted_rp.pool import BackendPool
-from twisted_rp.pool.backend import Backend, Outcome
+from twisted_rp.pool.backend import FAILED_KINDS, Backend, Outcome
 
 #: Upper bounds (seconds) of the latency buckets; one more bucket holds everything slower.
 LATENCY_BUCKETS = (
@@ -47,7 +47,6 @@ LATENCY_BUCKETS = (
 #: Outcomes whose elapsed time is a response time (a failed connect took no request time).
 _TIMED_OUTCOMES = frozenset({"ok", "server_error", "bad_response", "timeout", "aborted"})
 #: Outcomes the backend is to blame for (L{Outcome.failed}).
-_FAILED_OUTCOMES = frozenset({"connect_failed", "timeout", "bad_response", "server_error"})
 
 Snapshot = dict[str, Any]
 
@@ -143,7 +142,7 @@ class _BackendCounters:
         outcomes = dict(self.outcomes)
         return {
             "requests": sum(outcomes.values()),
-            "failures": sum(n for kind, n in outcomes.items() if kind in _FAILED_OUTCOMES),
+            "failures": sum(n for kind, n in outcomes.items() if kind in FAILED_KINDS),
             "outcomes": outcomes,
             "latency": self.latency.snapshot(),
         }

@@ -105,6 +105,10 @@ class PickContext:
     avoid: frozenset[str] = frozenset()
 
 
+#: The outcomes for which the backend, not the client, is to blame.
+FAILED_KINDS = frozenset({"connect_failed", "timeout", "bad_response", "server_error"})
+
+
 @frozen
 class Outcome:
     """
@@ -121,7 +125,7 @@ class Outcome:
     @property
     def failed(self) -> bool:
         """Whether the backend, not the client, is to blame."""
-        return self.kind in ("connect_failed", "timeout", "bad_response", "server_error")
+        return self.kind in FAILED_KINDS
 
 
 class NoBackendAvailable(Exception):

@@ -108,10 +108,9 @@ class BackendPool:
         if retries < 0:
             raise ValueError("retries must not be negative")
         self.name = name
-        self._balancer: IBalancer = RoundRobin() if balancer is None else balancer
-        self._balancer_observe: Callable[[Backend, Outcome], None] | None = getattr(
-            self._balancer, "observe", None
-        )
+        self._balancer: IBalancer
+        self._balancer_observe: Callable[[Backend, Outcome], None] | None
+        self.balancer = RoundRobin() if balancer is None else balancer
         self._clock = clock
         self.stickiness = stickiness
         self.slow_start = slow_start

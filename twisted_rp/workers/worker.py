@@ -238,15 +238,6 @@ class Worker:
         return None
 
 
-_LEVELS = {
-    LogLevel.debug: "debug",
-    LogLevel.info: "info",
-    LogLevel.warn: "warn",
-    LogLevel.error: "error",
-    LogLevel.critical: "critical",
-}
-
-
 @implementer(ILogObserver)
 @define
 class LogLines:
@@ -262,7 +253,7 @@ class LogLines:
     def __call__(self, event: Mapping[str, Any]) -> None:
         if self.muted and event.get("log_level") in (LogLevel.info, LogLevel.warn):
             return
-        level = _LEVELS.get(event.get("log_level", LogLevel.info), "info")
+        level = getattr(event.get("log_level"), "name", "info")
         text = formatEvent(dict(event))
         failure = event.get("log_failure")
         if isinstance(failure, Failure):
