@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IResolver
 
 from twisted_rp.config import Config, PoolConfig
 from twisted_rp.config_pools import make_stickiness
-from twisted_rp.pool import Backend, BackendPool, PassiveHealth
+from twisted_rp.pool import Backend, BackendPool
 from twisted_rp.pool.dns import DNSMembership
 from twisted_rp.pool.health import HealthChecker
 from twisted_rp.service_pools import (
@@ -35,6 +35,7 @@ from twisted_rp.service_pools import (
     build_balancer,
     build_dns_membership,
     build_health_checker,
+    build_passive,
     build_pool,
 )
 
@@ -94,18 +95,6 @@ class ReloadPlan:
             if added or removed or changed
         ]
         return ", ".join(parts) or "nothing changed"
-
-
-def _passive(pool: PoolConfig) -> PassiveHealth | None:
-    passive = pool.passive
-    if passive is None:
-        return None
-    return PassiveHealth(
-        passive.consecutive_failures,
-        passive.base_ejection,
-        passive.max_ejection,
-        passive.max_ejected_share,
-    )
 
 
 def _health_key(pool: PoolConfig) -> tuple[object, ...]:
@@ -185,7 +174,7 @@ def _plan_settings(plan: ReloadPlan, old: PoolState, new: PoolConfig, reactor: A
     if sticky_changed and new.sticky is not None:
         stickiness = make_stickiness(new.sticky, reactor)
     passive_changed = before.passive != new.passive
-    passive = _passive(new) if passive_changed else None
+    passive = build_passive(new) if passive_changed else None
 
     def apply() -> None:
         if balancer is not None:

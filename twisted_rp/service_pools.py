@@ -39,6 +39,7 @@ __all__ = [
     "build_dns_membership",
     "build_health_checker",
     "build_monitor",
+    "build_passive",
     "build_pool",
     "build_pools",
 ]
@@ -212,7 +213,6 @@ def build_pool(
     @param source: the configuration file, for errors.
     @raise ConfigError: a file of C{[pool.NAME.tls]} is unusable.
     """
-    passive = pool.passive
     tls = _backend_tls(pool, source)
     return BackendPool(
         pool.name,
@@ -223,15 +223,21 @@ def build_pool(
         slow_start=pool.slow_start,
         queue_size=pool.queue_size,
         queue_timeout=pool.queue_timeout,
-        passive=None
-        if passive is None
-        else PassiveHealth(
-            passive.consecutive_failures,
-            passive.base_ejection,
-            passive.max_ejection,
-            passive.max_ejected_share,
-        ),
+        passive=build_passive(pool),
         retries=pool.retries,
+    )
+
+
+def build_passive(pool: PoolConfig) -> PassiveHealth | None:
+    """The passive health C{[pool.NAME.passive]} describes, or L{None} without it."""
+    passive = pool.passive
+    if passive is None:
+        return None
+    return PassiveHealth(
+        passive.consecutive_failures,
+        passive.base_ejection,
+        passive.max_ejection,
+        passive.max_ejected_share,
     )
 
 
