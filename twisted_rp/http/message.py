@@ -7,7 +7,7 @@ their order, and the case a name arrived in; lookups are case-insensitive.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -181,26 +181,30 @@ class Headers:
         lname = name.lower()
         raw = self._raw
         if raw is not None:
-            self._raw = self._cut_raw(raw, lname)
+            self._raw = self._cut_raw(raw, (lname,))
             return
         self.fields = [f for f in self.fields if f[0] != lname]
 
     @staticmethod
-    def _cut_raw(raw: bytes, lname: bytes) -> bytes:
-        """C{raw} without its C{lname} lines, still unsplit."""
+    def _cut_raw(raw: bytes, lnames: Iterable[bytes]) -> bytes:
+        """C{raw} without the lines of the fields named C{lnames}, still unsplit."""
         lowered = (b"\n" + raw).lower()
-        key = b"\n" + lname + b":"
         # lowered[i] is the byte before raw[i]: a match at i is a field name starting at raw[i].
-        found = lowered.find(key)
-        if found < 0:
+        starts = []
+        for lname in lnames:
+            key = b"\n" + lname + b":"
+            found = lowered.find(key)
+            while found >= 0:
+                starts.append(found)
+                found = lowered.find(key, found + 1)
+        if not starts:
             return raw
         pieces = []
         kept_from = 0
-        while found >= 0:
+        for found in sorted(starts):
             pieces.append(raw[kept_from:found])
             line_end = raw.find(b"\r\n", found)
             kept_from = len(raw) if line_end < 0 else line_end + 2
-            found = lowered.find(key, kept_from)
         pieces.append(raw[kept_from:])
         block = b"".join(pieces)
         return block[:-2] if block.endswith(b"\r\n") else block
@@ -209,9 +213,7 @@ class Headers:
         """Drop every field whose lower-cased name is in C{lnames}."""
         raw = self._raw
         if raw is not None:
-            for lname in lnames:
-                raw = self._cut_raw(raw, lname)
-            self._raw = raw
+            self._raw = self._cut_raw(raw, lnames)
             return
         self.fields = [f for f in self.fields if f[0] not in lnames]
 
