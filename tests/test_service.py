@@ -44,6 +44,7 @@ from twisted_rp.pool.health import (
     TLSMonitor,
 )
 from twisted_rp.pool.sticky import SourceIPStickiness, UserStickiness
+from twisted_rp.proxyservice import ReverseProxyService
 from twisted_rp.service import (
     PerBackendMonitor,
     build_monitor,
@@ -404,6 +405,17 @@ class PoolServiceTests(SynchronousTestCase):
             (membership.query_name, membership.port, membership.kind), ("dyn.internal", 8080, "A")
         )
         self.assertRaises(KeyError, service.getServiceNamed, "dns:web")
+
+    def test_without_dns_or_health_checks(self) -> None:
+        """
+        A worker's service (C{dns=False}, C{health_checks=False}) builds neither: the master
+        runs them and sends their news.
+        """
+        service = ReverseProxyService(
+            config_from(POOLS), MemoryReactorClock(), NoAnswers(), health_checks=False, dns=False
+        )
+        self.assertEqual([s.name for s in service if s.name.startswith(("dns:", "health:"))], [])
+        self.assertEqual(service.pools["dyn"].backends(), ())
 
     def test_tcp_listener(self) -> None:
         service, _, _ = self.build()

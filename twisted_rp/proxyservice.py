@@ -103,6 +103,8 @@ class ReverseProxyService(MultiService):
     @ivar routers: the L{Router} of each HTTP listener, by listener name.
     @ivar health_checks: whether active health checkers run here; without them, backend
         states come from elsewhere (L{set_backend_health}), as in a worker process.
+    @ivar dns: whether DNS memberships run here; without them, the members of DNS pools come
+        from elsewhere, as in a worker process.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class ReverseProxyService(MultiService):
         resolver: IResolver | None = None,
         *,
         health_checks: bool = True,
+        dns: bool = True,
         signals: bool = True,
         endpoint_for: Callable[[ListenerConfig], IStreamServerEndpoint] | None = None,
     ) -> None:
@@ -125,6 +128,7 @@ class ReverseProxyService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.health_checks = health_checks
+        self.dns = dns
         self._resolver = resolver
         self._endpoint_for = endpoint_for or (
             lambda listener: serverFromString(reactor, listener.endpoint)
@@ -250,7 +254,9 @@ class ReverseProxyService(MultiService):
         reactor = self.reactor
         old = None if initial else self.config
         plan = ReloadPlan(config)
-        plan_pools(plan, self._pool_states, reactor, self._get_resolver, self.health_checks)
+        plan_pools(
+            plan, self._pool_states, reactor, self._get_resolver, self.health_checks, self.dns
+        )
         # Files first: a bad certificate is the likeliest mistake.
         new_tls: dict[str, ServerTLS] = {}
         for index, listener in enumerate(config.listeners):

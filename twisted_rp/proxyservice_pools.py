@@ -108,6 +108,7 @@ def plan_pools(
     reactor: Any,
     resolver: Callable[[], IResolver],
     health_checks: bool = True,
+    dns: bool = True,
 ) -> None:
     """
     Fill C{plan.pools} with the pools of C{plan.config}, and C{plan} with what changes them.
@@ -115,6 +116,7 @@ def plan_pools(
     @param current: the pools in use (none at first).
     @param resolver: gives the resolver of DNS memberships; called only when one is needed.
     @param health_checks: whether pools get their active health checkers.
+    @param dns: whether pools get their DNS memberships.
     @raise ConfigError: a file of a pool's C{[pool.NAME.tls]} is unusable, or a balancer
         extension cannot be built.
     """
@@ -138,7 +140,7 @@ def plan_pools(
                 plan.stop.append(old.checker)
             if state.checker is not None:
                 plan.start.append(state.checker)
-        if old is None or old.config.dns != pool_config.dns:
+        if dns and (old is None or old.config.dns != pool_config.dns):
             state.membership = None
             if pool_config.dns is not None:
                 state.membership = build_dns_membership(

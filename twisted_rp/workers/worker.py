@@ -191,12 +191,9 @@ class Worker:
 
     def _adjust(self) -> None:
         """
-        What the master does for every worker stays the master's: DNS membership (its
-        backends come as C{backend} messages); and every pin made here is published.
+        Every pin made here is published (DNS membership stays the master's: the service is
+        built without it, and its backends come as C{backend} messages).
         """
-        for child in list(self.service):
-            if (child.name or "").startswith("dns:"):
-                child.disownServiceParent()
         for name, pool in self.service.pools.items():
             share(pool.stickiness, partial(self._publish, name))
         # Counting costs a little on every request: only for the master's admin listener.
@@ -274,6 +271,7 @@ def run(reactor: Any, arguments: WorkerArguments, log: LogLines | None = None) -
         config,
         reactor,
         health_checks=False,
+        dns=False,
         signals=False,
         endpoint_for=adopting(reactor, arguments.listeners),
     )
