@@ -69,6 +69,12 @@ def media_type(headers: Headers) -> str | None:
     return value.split(b";", 1)[0].strip(b" \t").decode("latin-1").lower() or None
 
 
+#: What a changed body can no longer be validated with.
+_VALIDATORS = frozenset({b"etag", b"last-modified"})
+#: The caching fields "never cache" replaces.
+_CACHING = frozenset({b"cache-control", b"expires", b"pragma"})
+
+
 class _TypeSet:
     """A set of media types where C{type/*} stands for every subtype of C{type}."""
 
@@ -332,7 +338,7 @@ class Substitute:
             or b"no-transform" in headers.tokens(b"cache-control")
         ):
             return None
-        headers.remove_all(frozenset({b"etag", b"last-modified"}))
+        headers.remove_all(_VALIDATORS)
         return _Substitution(self._scan, self._keep)
 
 
@@ -452,6 +458,6 @@ class NoStore:
 
     def rewrite_response(self, request: ProxyRequest, response: ResponseHead) -> None:
         headers = response.headers
-        headers.remove_all(frozenset({b"cache-control", b"expires", b"pragma"}))
+        headers.remove_all(_CACHING)
         headers.add(b"Cache-Control", b"no-store")
         headers.add(b"Pragma", b"no-cache")
