@@ -223,14 +223,7 @@ class ReverseProxyService(MultiService):
         """Read every listener's certificates again (a failing one keeps those in use)."""
         for listener in self._listeners.values():
             if listener.server_tls is not None:
-                try:
-                    listener.server_tls.reload()
-                except TLSConfigError as error:
-                    _log.error(
-                        "{listener}: TLS reload failed, keeping the certificates in use: {error}",
-                        listener=listener.config.name,
-                        error=error,
-                    )
+                self._reload_tls(listener)
 
     def rotate_logs(self) -> None:
         """Rotate the access log file, as SIGUSR1 does twistd's own log."""
@@ -343,7 +336,7 @@ class ReverseProxyService(MultiService):
                 plan.actions.append(lambda: setattr(inner, "router", router))
             if old.server_tls is not None:
                 # Same settings, perhaps renewed files (checked above with server_tls).
-                plan.actions.append(self._reload_tls(old))
+                plan.actions.append(partial(self._reload_tls, old))
             return
         factory = build_listener_factory(
             config,
@@ -391,19 +384,17 @@ class ReverseProxyService(MultiService):
             plan.stop.append(old.watcher)
         plan.listeners[listener.name] = record
 
-    def _reload_tls(self, listener: _Listener) -> Callable[[], None]:
-        def reload() -> None:
-            assert listener.server_tls is not None
-            try:
-                listener.server_tls.reload()
-            except TLSConfigError as error:
-                _log.error(
-                    "{listener}: TLS reload failed, keeping the certificates in use: {error}",
-                    listener=listener.config.name,
-                    error=error,
-                )
-
-        return reload
+    def _reload_tls(self, listener: _Listener) -> None:
+        """Read C{listener}'s certificates again; a failure keeps those in use."""
+        assert listener.server_tls is not None
+        try:
+            listener.server_tls.reload()
+        except TLSConfigError as error:
+            _log.error(
+                "{listener}: TLS reload failed, keeping the certificates in use: {error}",
+                listener=listener.config.name,
+                error=error,
+            )
 
     def _swap(self, old: _Listener, new: _Listener, router: Router | None) -> None:
         """Serve C{new}'s factory on C{old}'s listening socket."""
