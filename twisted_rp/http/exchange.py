@@ -18,6 +18,7 @@ from twisted_rp.http.backend import BackendTLSError, tls_failure
 from twisted_rp.http.body import LAST_CHUNK, ChunkedDecoder, LengthDecoder, encode_chunk
 from twisted_rp.http.flow import Valve
 from twisted_rp.http.message import (
+    IDEMPOTENT,
     ErrorResponse,
     HTTPError,
     ProxyRequest,
@@ -32,15 +33,12 @@ from twisted_rp.pool.backend import (
     NoBackendAvailable,
     Outcome,
     PickContext,
+    may_retry,
 )
 
 if TYPE_CHECKING:
     from twisted_rp.http.backend import BackendConnection
     from twisted_rp.http.proxy import HTTPProxyProtocol
-
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-#: Retries when a pool does not say (HAProxy's and nginx's tries: the first and two more).
-_DEFAULT_RETRIES = 2
 
 
 class Exchange(RequestSide, ResponseHeads):
@@ -126,11 +124,7 @@ class Exchange(RequestSide, ResponseHeads):
     def _may_retry(self) -> bool:
         """Whether another try is allowed: within the pool's retries, on a backend not yet
         failed for this request (trying a lone dead backend again helps nobody)."""
-        pool = self.route.pool
-        if self.attempts >= 1 + getattr(pool, "retries", _DEFAULT_RETRIES):
-            return False
-        failed = self.failed_backends
-        return any(backend.name not in failed for backend in pool.backends())
+        return may_retry(self.route.pool, self.attempts, self.failed_backends)
 
     def _pick(self) -> None:
         self.attempts += 1
@@ -384,7 +378,7 @@ class Exchange(RequestSide, ResponseHeads):
             connection is not None
             and not connection.received_response_bytes
             and self.framing.kind == "none"
-            and self.client_method in _IDEMPOTENT
+            and self.client_method in IDEMPOTENT
             and self.upgrade is None
         )
         if replayable and connection is not None:

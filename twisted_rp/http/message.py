@@ -33,6 +33,10 @@ class HTTPError(Exception):
         return f"{self.status} {self.detail}"
 
 
+#: Methods a client may send twice with the effect of once (RFC 9110 9.2.2): safe to retry.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
 class Headers:
     """
     An ordered multi-map of header fields.

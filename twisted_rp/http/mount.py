@@ -40,7 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from twisted_rp.http.forwarding import CLIENT_CERT_FIELDS, HOP_BY_HOP
-from twisted_rp.http.message import ErrorResponse
+from twisted_rp.http.message import IDEMPOTENT, ErrorResponse
 from twisted_rp.http.proxy import host_name, reason_phrase
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
@@ -50,13 +50,13 @@ from twisted_rp.pool.backend import (
     Outcome,
     PickContext,
     StickyResponse,
+    may_retry,
 )
 from twisted_rp.pool.sticky import request_cookie
 from twisted_rp.settings import HeaderPolicy
 
 __all__ = ["ProxyResource"]
 
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: Request fields never forwarded: hop-by-hop, re-created by the client (framing), handled by
 #: twisted.web (C{Expect}), or only trustworthy when the proxy sets them.
 _DROP = HOP_BY_HOP | CLIENT_CERT_FIELDS | {b"content-length", b"expect", b"proxy-authorization"}
@@ -347,8 +347,8 @@ class _Forward:
                 )
                 failed.add(backend.name)
                 unanswered = isinstance(e, ResponseNeverReceived) and not has_body
-                retry_safe = kind == "connect_failed" or (unanswered and method in _IDEMPOTENT)
-                if retry_safe and self._may_retry(attempts, failed):
+                retry_safe = kind == "connect_failed" or (unanswered and method in IDEMPOTENT)
+                if retry_safe and may_retry(self.resource.pool, attempts, failed):
                     continue
                 self._error(status, str(e))
                 return
@@ -357,12 +357,6 @@ class _Forward:
         # After the copy, which would replace a Set-Cookie the stickiness adds.
         pool.sticky_response_done(context, backend, _WebStickyResponse(response, request))
         await self._relay(response)
-
-    def _may_retry(self, attempts: int, failed: set[str]) -> bool:
-        pool = self.resource.pool
-        if attempts >= 1 + int(getattr(pool, "retries", 2)):
-            return False
-        return any(backend.name not in failed for backend in pool.backends())
 
     def _context(self, avoid: frozenset[str]) -> PickContext:
         request = self.request

@@ -5,6 +5,7 @@ Backends and the small value objects that travel between protocols and pools.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from attrs import define, field, frozen
@@ -149,3 +150,18 @@ class Lease:
         if not self.released:
             self.released = True
             self.pool.release(self, outcome)
+
+
+#: How many other backends a protocol may try when a pool does not say (HAProxy's and
+#: nginx's tries: the first and two more).
+DEFAULT_RETRIES = 2
+
+
+def may_retry(pool: IBackendPool, attempts: int, failed: AbstractSet[str]) -> bool:
+    """
+    Whether another try is allowed after C{attempts}: within C{pool}'s retries, on a backend
+    not among C{failed} (trying a lone dead backend again helps nobody).
+    """
+    if attempts >= 1 + int(getattr(pool, "retries", DEFAULT_RETRIES)):
+        return False
+    return any(backend.name not in failed for backend in pool.backends())
