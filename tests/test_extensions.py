@@ -302,7 +302,11 @@ class ConfigTests(SynchronousTestCase):
                 "proxy.toml",
             )
         self.assertEqual(caught.exception.key, "pool.app.balance")
-        self.assertIn("round_robin", caught.exception.message)
+        self.assertIn(
+            "not a built-in one (hash, least_connections, least_time, random, round_robin, "
+            "weighted_round_robin) nor a plugin",
+            caught.exception.message,
+        )
 
     def test_health_check_and_stickiness_by_dotted_name(self) -> None:
         """
@@ -328,7 +332,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertConfigError(
             '[pool.app.health]\nkind = "htttp"\n[[route]]\npool = "app"\n',
             "pool.app.health.kind",
-            "the built-in ones are tcp, http, tls, ftp",
+            "not a built-in one (ftp, http, tcp, tls) nor a plugin",
         )
         self.assertConfigError(
             f'[pool.app.sticky]\nkind = "{__name__}.HeaderSticky"\n[[route]]\npool = "app"\n',

@@ -353,14 +353,7 @@ _CHECKER_KEYS = ("interval", "timeout", "jitter", "rise", "fall")
 def _extension(
     kind: str, section: _Section, builtins: Iterable[str], reserved: tuple[str, ...]
 ) -> ExtensionRef:
-    try:
-        return read_extension(kind, section, "kind", reserved=reserved)
-    except ConfigError as error:
-        if error.key == section.key("kind"):
-            error = section.error(
-                "kind", f"{error.message}; the built-in ones are {', '.join(builtins)}"
-            )
-        raise error from None
+    return read_extension(kind, section, "kind", reserved=reserved, also_built_in=builtins)
 
 
 def _health(section: _Section) -> HealthConfig:

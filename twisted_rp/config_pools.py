@@ -211,12 +211,9 @@ def _check_ftps_name(
 def _balancer_extension(section: _Section, name: str) -> ExtensionRef:
     """A balancer extension: a plugin or dotted name, its options in C{balance_options}."""
     try:
-        extension = find_extension("balancer", name)
+        extension = find_extension("balancer", name, also_built_in=BALANCERS)
     except LookupError as error:
-        built_in = ", ".join(sorted(BALANCERS))
-        raise section.error(
-            "balance", f"{error.args[0]}; the built-in balancers are {built_in}"
-        ) from None
+        raise section.error("balance", str(error.args[0])) from None
     options = section.table("balance_options")
     settings = extension.parse(ExtensionOptions(options))
     return ExtensionRef(options.path, name, extension, settings)

@@ -274,13 +274,18 @@ def _from_dotted(kind: str, name: str) -> IExtension | None:
 
 
 def find_extension(
-    kind: str, name: str, builtins: Mapping[str, IExtension] | None = None
+    kind: str,
+    name: str,
+    builtins: Mapping[str, IExtension] | None = None,
+    also_built_in: Iterable[str] = (),
 ) -> IExtension:
     """
     The extension of C{kind} called C{name}: built in, by dotted name, or a Twisted plugin.
 
     @param builtins: the built-in ones by name; those of L{twisted_rp.builtin_extensions}
         when L{None}.
+    @param also_built_in: names the caller handles itself (a pool's own balancers), listed
+        with the built-in ones when C{name} is unknown.
     @raise LookupError: with a message listing what is available.
     """
     if builtins is None:
@@ -298,7 +303,7 @@ def find_extension(
     plugins = _plugins(kind)
     if name in plugins:
         return plugins[name]
-    available = ", ".join(sorted(builtins)) or "none"
+    available = ", ".join(sorted({*builtins, *also_built_in})) or "none"
     others = ", ".join(sorted(plugins)) or "none"
     where = "an importable dotted name, " if "." in name else ""
     raise LookupError(
@@ -312,6 +317,7 @@ def read_extension(
     type_key: str = "type",
     builtins: Mapping[str, IExtension] | None = None,
     reserved: Iterable[str] = (),
+    also_built_in: Iterable[str] = (),
 ) -> ExtensionRef:
     """
     Read the extension a table configures: its C{type_key} names it, its other keys (but
@@ -321,7 +327,7 @@ def read_extension(
     """
     type_name = section.required(type_key, _string)
     try:
-        extension = find_extension(kind, type_name, builtins)
+        extension = find_extension(kind, type_name, builtins, also_built_in)
     except LookupError as error:
         raise section.error(type_key, str(error.args[0])) from None
     options = ExtensionOptions(section, reserved=(type_key, *reserved))
