@@ -13,6 +13,7 @@ from tests.helpers import FakeBackend
 from twisted_rp.http.backend import BackendConnection, BackendConnections
 from twisted_rp.http.message import ResponseHead
 from twisted_rp.http.parser import ResponseInfo
+from twisted_rp.http.scan import SimpleResponse
 from twisted_rp.pool import Backend
 from twisted_rp.settings import Limits, Timeouts
 
@@ -30,6 +31,9 @@ class RecordingSink:
 
     def on_response_head(self, head: ResponseHead, info: ResponseInfo) -> None:
         self.events.append(("head", head.status))
+
+    def simple_response(self, simple: SimpleResponse, body: bytes) -> bool:
+        return False
 
     def on_response_body(self, pieces: list[bytes]) -> None:
         self.body += b"".join(pieces)

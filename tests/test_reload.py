@@ -171,10 +171,10 @@ class ReloadTests(SynchronousTestCase):
         text = BASE.replace('pool = "web"\n', 'pool = "web"\nmiddlewares = ["env", "quiet"]\n', 1)
 
         def env() -> Any:
-            return self.service.routers["public"].routes[0].request_rewriters[1]
+            return self.service.routers["public"].routes[0].request_rewriters[0]
 
         def quiet() -> Any:
-            return self.service.routers["public"].routes[0].request_rewriters[2]
+            return self.service.routers["public"].routes[0].request_rewriters[1]
 
         write(self.directory, text + tables.format(env="a"))
         self.successResultOf(reload(self.service))

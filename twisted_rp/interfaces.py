@@ -12,6 +12,9 @@ order::
 
 Implementations are ordinary objects declared with C{@implementer}; the data they see is
 described by the attrs classes in L{twisted_rp.pool.backend} and L{twisted_rp.http.message}.
+An authenticator or rewriter that acts only on messages with certain fields may say so with
+an C{only_with_fields} attribute (lower-cased names), which lets the proxy skip it for the
+others (L{twisted_rp.http.routing.hook_triggers}).
 """
 
 from __future__ import annotations

@@ -96,9 +96,8 @@ def build_route(
     response: list[Any] = []
     if route.rewrite_redirects:
         aliases = tuple(a.encode("ascii") for a in route.redirect_aliases)
-        redirects = RedirectRewriter(aliases)
-        request.append(redirects)
-        response.append(redirects)
+        # Its request side only notes the client's Host, which request.authority holds.
+        response.append(RedirectRewriter(aliases))
     if route.rewrite_cookies or route.cookie_domains:
         domains = {k.encode("ascii"): v.encode("ascii") for k, v in route.cookie_domains}
         response.append(

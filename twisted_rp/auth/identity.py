@@ -76,6 +76,12 @@ class RemoveIdentityHeader:
 
     header: IdentityHeader
 
+    @property
+    def only_with_fields(self) -> tuple[bytes]:
+        """It acts only on requests that have the header
+        (L{twisted_rp.http.routing.hook_triggers})."""
+        return (self.header.name_bytes.lower(),)
+
     def authenticate(self, request: ProxyRequest) -> None:
         self.header.remove(request.head.headers)
 

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted_rp.http.body import ChunkedDecoder, LengthDecoder
 from twisted_rp.http.message import HTTPError, ResponseHead
 from twisted_rp.http.parser import ResponseInfo, analyze_response, parse_response_head
+from twisted_rp.http.scan import SimpleResponse, scan_response
 from twisted_rp.pool.backend import Backend
 from twisted_rp.sendnow import writer_for
 from twisted_rp.settings import Limits, Timeouts
@@ -40,6 +41,13 @@ class ResponseSink(TypingProtocol):
 
     def on_response_head(self, head: ResponseHead, info: ResponseInfo) -> None:
         """A final response head, with its framing and C{Connection} tokens."""
+
+    def simple_response(self, simple: SimpleResponse, body: bytes) -> bool:
+        """
+        A complete simple response, with all its C{body}: take it whole and return C{True}
+        (the connection's response is then over), or return C{False} to be given it the
+        general way (L{on_response_head}, ...).
+        """
 
     def on_response_body(self, pieces: list[bytes]) -> None: ...
 
@@ -156,6 +164,22 @@ class BackendConnection(Protocol):
                     raise HTTPError(502, "response head too large")
                 self._buffer = buffer
                 return
+            simple = scan_response(buffer[:end], self._method)
+            if simple is not None:
+                buffer = buffer[end + 4 :]
+                self._buffer = b""
+                if simple.connection == b"close":
+                    self.reusable = False
+                if len(buffer) == simple.length:
+                    # The whole response is here (most small ones): the exchange may answer
+                    # in one go, unless its route has response hooks.
+                    self._state = _DONE
+                    if sink.simple_response(simple, buffer):
+                        return
+                    self._state = _HEAD
+                head, info = simple.parsed()
+                self._response(sink, head, info, buffer)
+                return
             head = parse_response_head(buffer[:end], _MAX_RESPONSE_HEADERS)
             buffer = buffer[end + 4 :]
             if head.status < 200:
@@ -168,34 +192,44 @@ class BackendConnection(Protocol):
                     return
                 continue
             self._buffer = b""
-            info = analyze_response(self._method, head)
-            framing = info.framing
-            if not framing.reusable or b"close" in info.connection:
-                self.reusable = False
-            sink.on_response_head(head, info)
-            if self.sink is not sink:
-                return
-            kind = framing.kind
-            if kind == "none":
-                self._finish(sink, buffer)
-                return
-            if kind == "close":
-                self.reusable = False
-                self._state = _CLOSE_DELIMITED
-                if buffer:
-                    sink.on_response_body([buffer])
-                return
-            decoder = self._decoder = (
-                LengthDecoder(framing.length) if kind == "length" else ChunkedDecoder()
-            )
-            self._state = _BODY
-            if buffer:
-                pieces, leftover = decoder.feed(buffer)
-                if pieces:
-                    sink.on_response_body(pieces)
-                if leftover is not None:
-                    self._finish(sink, leftover)
+            self._response(sink, head, analyze_response(self._method, head), buffer)
             return
+
+    def _response(
+        self, sink: ResponseSink, head: ResponseHead, info: ResponseInfo, buffer: bytes
+    ) -> None:
+        """A final response head arrived, with the C{buffer} bytes that followed it."""
+        framing = info.framing
+        if not framing.reusable or b"close" in info.connection:
+            self.reusable = False
+        sink.on_response_head(head, info)
+        if self.sink is not sink:
+            return
+        kind = framing.kind
+        if kind == "length" and len(buffer) == framing.length:
+            # The whole body came with the head (most small responses).
+            sink.on_response_body([buffer])
+            self._finish(sink, b"")
+            return
+        if kind == "none":
+            self._finish(sink, buffer)
+            return
+        if kind == "close":
+            self.reusable = False
+            self._state = _CLOSE_DELIMITED
+            if buffer:
+                sink.on_response_body([buffer])
+            return
+        decoder = self._decoder = (
+            LengthDecoder(framing.length) if kind == "length" else ChunkedDecoder()
+        )
+        self._state = _BODY
+        if buffer:
+            pieces, leftover = decoder.feed(buffer)
+            if pieces:
+                sink.on_response_body(pieces)
+            if leftover is not None:
+                self._finish(sink, leftover)
 
     def _finish(self, sink: ResponseSink, leftover: bytes) -> None:
         self._state = _DONE

@@ -93,6 +93,14 @@ class RequestForwarding:
     _via: bytes
     _request_id_name: bytes
 
+    @property
+    def needs_fields(self) -> re.Pattern[bytes]:
+        """
+        Matches CRLF, a lower-cased name and a colon for every field this forwarding removes
+        or merges: a head without any is forwarded as it came, with the fields appended.
+        """
+        return self._needs_fields
+
     @classmethod
     def from_policy(cls, policy: HeaderPolicy) -> RequestForwarding:
         # Hop-by-hop fields, and the framing and expectation fields the proxy re-creates.
@@ -146,7 +154,6 @@ class RequestForwarding:
             C{""} when the policy adds none.
         """
         policy = self.policy
-        trusted = policy.trusts(client_ip)
         raw = headers.raw
         if (
             raw is not None
@@ -155,13 +162,8 @@ class RequestForwarding:
             and not keep
             and self._needs_fields.search(lowered) is None
         ):
-            # Nothing to remove or merge: append to the block as it came.
-            block = cache.get(host) if cache is not None else None
-            if block is None:
-                block = self._forwarding_block(client_ip, scheme, host, local_port)
-                if cache is not None and len(cache) < 8:
-                    cache[host] = block
-            return self._append_raw(headers, raw, block)
+            return self.append(headers, client_ip, scheme, host, local_port, cache)
+        trusted = policy.trusts(client_ip)
         drop = self._drop
         if connection:
             drop = drop | (frozenset(connection) - _PROTECTED)
@@ -224,6 +226,33 @@ class RequestForwarding:
         headers.fields = kept
         return request_id
 
+    def append(
+        self,
+        headers: Headers,
+        client_ip: str,
+        scheme: str,
+        host: bytes | None,
+        local_port: int,
+        cache: dict[bytes | None, bytes] | None = None,
+    ) -> str:
+        """
+        L{apply} for unsplit C{headers} known to have none of the fields it removes or merges
+        (L{needs_fields}): the forwarding fields are appended to the block as it came.
+        """
+        block = cache.get(host) if cache is not None else None
+        if block is None:
+            block = self._forwarding_block(client_ip, scheme, host, local_port)
+            if cache is not None and len(cache) < 8:
+                cache[host] = block
+        raw = headers.raw
+        assert raw is not None
+        request_id = ""
+        if self.policy.request_id:
+            request_id = new_request_id()
+            block += request_id.encode()
+        headers.replace_raw(raw + block if raw else block[2:])
+        return request_id
+
     def _forwarding_block(
         self, client_ip: str, scheme: str, host: bytes | None, local_port: int
     ) -> bytes:
@@ -248,11 +277,3 @@ class RequestForwarding:
         if policy.request_id:
             lines.append(self._request_id_name + b": ")
         return b"\r\n".join(lines)
-
-    def _append_raw(self, headers: Headers, raw: bytes, block: bytes) -> str:
-        request_id = ""
-        if self.policy.request_id:
-            request_id = new_request_id()
-            block += request_id.encode()
-        headers.replace_raw(raw + block if raw else block[2:])
-        return request_id

@@ -9,11 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
+from http import HTTPStatus
 from typing import Any
 
 from attrs import define, field
 
 from twisted_rp.pool.sticky import request_cookie
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# RFC 9110 renamed these; older Pythons still have the RFC 7231 phrases.
+_REASONS.update(
+    {
+        413: b"Content Too Large",
+        414: b"URI Too Long",
+        416: b"Range Not Satisfiable",
+        422: b"Unprocessable Content",
+    }
+)
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for C{status} (RFC 9110 and its registry)."""
+    return _REASONS.get(status, b"Unknown")
 
 
 class HTTPError(Exception):
@@ -286,6 +303,8 @@ class ProxyRequest:
     @ivar identity: set by an authenticator to name the authenticated user.
     @ivar request_id: the request's id (sent in C{X-Request-ID}).
     @ivar notes: free space for extensions to pass things from request to response hooks.
+    @ivar authority: the C{Host} field (or absolute-form authority) as the client sent it,
+        before any hook changed the head; L{None} if it sent none.
     """
 
     head: RequestHead
@@ -298,6 +317,7 @@ class ProxyRequest:
     identity: str | None = None
     request_id: str = ""
     notes: dict[str, Any] = field(factory=dict)
+    authority: bytes | None = None
 
 
 @define

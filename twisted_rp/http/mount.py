@@ -40,8 +40,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from twisted_rp.http.forwarding import CLIENT_CERT_FIELDS, HOP_BY_HOP
-from twisted_rp.http.message import IDEMPOTENT, ErrorResponse
-from twisted_rp.http.proxy import host_name, reason_phrase
+from twisted_rp.http.message import IDEMPOTENT, ErrorResponse, reason_phrase
+from twisted_rp.http.proxy import host_name
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
     Backend,

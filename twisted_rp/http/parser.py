@@ -75,7 +75,7 @@ class Framing:
     reusable: bool = True
 
 
-_NO_BODY = Framing("none")
+_NO_BODY = NO_BODY = Framing("none")
 _CHUNKED = Framing("chunked")
 _CLOSE = Framing("close", reusable=False)
 
@@ -420,6 +420,8 @@ class RequestInfo:
     @ivar connection: the lower-cased tokens of every C{Connection} field.
     @ivar lowered: CRLF and the lower-cased raw field block, when the fields were never
         split (the fast path); L{None} otherwise.
+    @ivar plain: the head has none of the fields the proxy removes or merges on the way to
+        the backend (L{twisted_rp.http.forwarding.RequestForwarding.needs_fields}).
     """
 
     framing: Framing
@@ -428,6 +430,7 @@ class RequestInfo:
     expect: bytes | None
     upgrade: bytes | None
     lowered: bytes | None = None
+    plain: bool = False
 
 
 _HOST, _LENGTH, _ENCODING, _CONNECTION, _EXPECT, _UPGRADE = range(6)

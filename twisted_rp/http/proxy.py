@@ -5,8 +5,6 @@ connection, and the factory a listener serves.
 
 from __future__ import annotations
 
-import base64
-from http import HTTPStatus
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,35 +20,29 @@ from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
     AccessRecord,
     ErrorResponse,
+    Headers,
     HTTPError,
     ProxyRequest,
     RequestHead,
+    reason_phrase,
 )
-from twisted_rp.http.parser import analyze_request, parse_request_head, split_absolute_target
+from twisted_rp.http.parser import (
+    HTTP_11,
+    NO_BODY,
+    RequestInfo,
+    analyze_request,
+    parse_request_head,
+    split_absolute_target,
+)
 from twisted_rp.http.routing import Route, Router
+from twisted_rp.http.scan import scan_request
 from twisted_rp.interfaces import IAccessLog, IRequestObserver
 from twisted_rp.pool.backend import Lease, PickContext
 from twisted_rp.sendnow import writer_for
 from twisted_rp.settings import ProxySettings
 
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
-# RFC 9110 renamed these; older Pythons still have the RFC 7231 phrases.
-_REASONS.update(
-    {
-        413: b"Content Too Large",
-        414: b"URI Too Long",
-        416: b"Range Not Satisfiable",
-        422: b"Unprocessable Content",
-    }
-)
-
 # Connection states.
 _HEAD, _BUSY, _BODY, _TUNNEL, _CLOSED = range(5)
-
-
-def reason_phrase(status: int) -> bytes:
-    """The standard reason phrase for C{status} (RFC 9110 and its registry)."""
-    return _REASONS.get(status, b"Unknown")
 
 
 class HTTPProxyProtocol(Protocol):
@@ -85,6 +77,9 @@ class HTTPProxyProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._head_started = False
         self._reading_heads = False
+        # The last Host value and its host name (most connections send one Host).
+        self._authority: bytes | None = b""
+        self._host = ""
 
     def connectionMade(self) -> None:
         self.factory.live.add(self)
@@ -170,21 +165,33 @@ class HTTPProxyProtocol(Protocol):
 
     def _start_exchange(self, raw: bytes) -> None:
         limits = self.settings.limits
-        try:
-            head = parse_request_head(raw, limits.max_request_line, limits.max_headers)
-            info = analyze_request(head)
-        except HTTPError as e:
-            self._reject(e)
-            return
+        scanned = scan_request(
+            raw, self.forwarding.needs_fields, limits.max_request_line, limits.max_headers
+        )
+        if scanned is not None:
+            method, target, block, lowered, authority = scanned
+            head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
+            info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
+        else:
+            try:
+                head = parse_request_head(raw, limits.max_request_line, limits.max_headers)
+                info = analyze_request(head)
+            except HTTPError as e:
+                self._reject(e)
+                return
+            if head.target[:1] != b"/" and head.target != b"*":
+                # Absolute form: the authority in the target wins over Host (RFC 9112 3.2.2).
+                in_target, head.target = split_absolute_target(head.target)
+                if in_target is not None:
+                    head.headers.set(b"Host", in_target)
         framing = info.framing
-        if head.target[:1] != b"/" and head.target != b"*":
-            # Absolute form: the authority in the target wins over Host (RFC 9112 3.2.2).
-            authority, head.target = split_absolute_target(head.target)
-            if authority is not None:
-                head.headers.set(b"Host", authority)
-        host = host_name(info.host)
+        if info.host == self._authority:
+            host = self._host
+        else:
+            host = self._host = host_name(info.host)
+            self._authority = info.host
         connection_tokens = info.connection
-        if head.version == b"HTTP/1.1":
+        if head.version == HTTP_11:
             self.wants_keepalive = b"close" not in connection_tokens
         else:
             self.wants_keepalive = b"keep-alive" in connection_tokens
@@ -194,6 +201,7 @@ class HTTPProxyProtocol(Protocol):
             client_port=self.client_port,
             scheme=self.factory.scheme,
             host=host,
+            authority=info.host,
         )
         route = request.route = self.factory.route_for(request)
         expect = info.expect
@@ -414,23 +422,9 @@ class HTTPProxyProtocol(Protocol):
         """The client-certificate fields for backends, worked out once per connection."""
         fields = self._client_cert_fields
         if fields is None:
-            from twisted_rp.tls import client_cert_info
+            from twisted_rp.tls import client_cert_fields
 
-            info = client_cert_info(self.transport)
-            fields = [(b"X-SSL-Client-Verify", info.verify.encode("ascii"))]
-            if info.der is not None:
-                # RFC 9440: Structured Field byte sequences, ":base64:".
-                fields.append((b"Client-Cert", b":" + base64.b64encode(info.der) + b":"))
-                if info.chain_der:
-                    chain = b", ".join(b":" + base64.b64encode(d) + b":" for d in info.chain_der)
-                    fields.append((b"Client-Cert-Chain", chain))
-            if info.subject_dn is not None:
-                fields.append((b"X-SSL-Client-S-DN", info.subject_dn.encode("utf-8")))
-            if info.fingerprint_sha256 is not None:
-                fields.append(
-                    (b"X-SSL-Client-Fingerprint", info.fingerprint_sha256.encode("ascii"))
-                )
-            self._client_cert_fields = fields
+            fields = self._client_cert_fields = client_cert_fields(self.transport)
         return fields
 
     def tls_parameters(self) -> tuple[str | None, str | None]:
@@ -541,6 +535,12 @@ class HTTPProxyFactory(Factory):
         self.send_now = send_now
         self.forwarding = RequestForwarding.from_policy(settings.headers)
         self.client_cert_headers = client_cert_headers
+        #: Whether a request no route hook acts on may skip the request hooks: not when a
+        #: subclass rewrites requests or certificate fields are added.
+        self.plain_requests = (
+            type(self).rewrite_request is HTTPProxyFactory.rewrite_request
+            and not client_cert_headers
+        )
         self.hsts = hsts.encode("latin-1") if hsts else None
         self.connections = connections or BackendConnections(
             reactor, reactor, settings.timeouts, settings.limits, send_now

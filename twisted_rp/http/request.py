@@ -71,7 +71,28 @@ class RequestSide:
                     return
                 if self._over_body_limit(self._early[0]):
                     return
-        if self.route.authenticators:
+        route = self.route
+        info = self.info
+        lowered = info.lowered
+        if info.plain and lowered is not None:
+            triggers = route.request_triggers
+            front = self.front
+            if triggers is not None and not triggers(lowered) and front.factory.plain_requests:
+                # No hook would act on this request: add the forwarding fields and go.
+                request = self.request
+                request.request_id = front.forwarding.append(
+                    self.head.headers,
+                    request.client_ip,
+                    request.scheme,
+                    info.host,
+                    front.local_port,
+                    front.forwarding_cache,
+                )
+                if route.strip_prefix:
+                    self.head.target = route.backend_path(self.head.target)
+                self._pick()
+                return
+        if route.authenticators:
             self._authenticate(0)
         else:
             self._prepare()

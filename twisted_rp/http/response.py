@@ -16,6 +16,7 @@ from twisted_rp.http.forwarding import remove_hop_by_hop
 from twisted_rp.http.message import ProxyRequest, ResponseHead
 from twisted_rp.http.parser import Framing, ResponseInfo
 from twisted_rp.http.routing import Route
+from twisted_rp.http.scan import SimpleResponse
 from twisted_rp.interfaces import IBodyTransform
 from twisted_rp.pool.backend import Lease, Outcome, PickContext, StickyResponse
 
@@ -256,25 +257,68 @@ class ResponseHeads:
         self._out = []
         exchange._end(Outcome("aborted", exchange._elapsed()), keep_alive=False, abort=True)
 
+    def simple_response(self, simple: SimpleResponse, body: bytes) -> bool:
+        """
+        Answer with a complete simple response in one write, when no hook of the route
+        would act on it; C{False} (nothing done) sends it the general way.
+        """
+        route = self.route
+        status = simple.status
+        triggers = route.response_triggers
+        if (
+            status == 401
+            or triggers is None
+            or triggers(simple.lowered)
+            or getattr(route.pool, "stickiness", None) is not None
+        ):
+            return False
+        front = self.front
+        now = front.clock.seconds()
+        self.response_started = True
+        self.status = status
+        elapsed = self.backend_time = now - self.sent_at
+        fields = self._client_fields(simple.fields, simple.cut)
+        cast("Exchange", self).bytes_sent = len(body)
+        if fields:
+            data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (status, simple.reason, fields, body)
+        else:
+            data = b"HTTP/1.1 %d %s\r\n\r\n%s" % (status, simple.reason, body)
+        if self._out:
+            # Informational heads read before it.
+            self._out.append(data)
+            data = b"".join(self._out)
+            self._out = []
+        front.write(data)
+        outcome = Outcome("server_error" if status >= 500 else "ok", elapsed)
+        cast("Exchange", self)._end(outcome, keep_alive=not self.close_after)
+        return True
+
+    def _client_fields(self, fields: bytes, cut: tuple[int, int]) -> bytes:
+        """
+        An unsplit response field block as the client gets it: without the C{cut} span (the
+        C{Connection} field), with this connection's C{Connection} and HSTS fields.
+        """
+        front = self.front
+        start, end = cut
+        if end:
+            fields = fields[:start] + fields[end:]
+        if not self.request_done or front.closing or not front.wants_keepalive:
+            self.close_after = True
+        if self.close_after:
+            fields = fields + b"\r\nConnection: close" if fields else b"Connection: close"
+        elif self.client_version != b"HTTP/1.1":
+            fields = fields + b"\r\nConnection: keep-alive" if fields else b"Connection: keep-alive"
+        hsts = front.factory.hsts
+        if hsts is not None and b"strict-transport-security:" not in fields.lower():
+            field = b"Strict-Transport-Security: " + hsts
+            fields = fields + b"\r\n" + field if fields else field
+        return fields
+
     def _fast_response_head(
         self, head: ResponseHead, cut: tuple[int, int], raw: bytes, framing: Framing
     ) -> None:
         # The common response: plain Content-Length, at most a Connection field to drop.
-        front = self.front
-        start, end = cut
-        if end:
-            raw = raw[:start] + raw[end:]
-        if not self.request_done or front.closing or not front.wants_keepalive:
-            self.close_after = True
-        if self.close_after:
-            raw = raw + b"\r\nConnection: close" if raw else b"Connection: close"
-        elif self.client_version != b"HTTP/1.1":
-            raw = raw + b"\r\nConnection: keep-alive" if raw else b"Connection: keep-alive"
-        hsts = front.factory.hsts
-        if hsts is not None and b"strict-transport-security:" not in raw.lower():
-            field = b"Strict-Transport-Security: " + hsts
-            raw = raw + b"\r\n" + field if raw else field
-        head.headers.replace_raw(raw)
+        head.headers.replace_raw(self._client_fields(raw, cut))
         route = self.route
         if (
             head.status == 401

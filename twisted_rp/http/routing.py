@@ -4,7 +4,8 @@ Routes: which pool serves a request, chosen by host name and path prefix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 from attrs import field, frozen
 
@@ -19,6 +20,32 @@ from twisted_rp.interfaces import (
 
 def _lower_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
     return tuple(h.lower().rstrip(".") for h in hosts)
+
+
+def _never(lowered: bytes) -> None:
+    return None
+
+
+def hook_triggers(hooks: Sequence[object]) -> Callable[[bytes], object] | None:
+    """
+    When C{hooks} must run for a message, from the fields each declares it acts on.
+
+    A hook with an C{only_with_fields} attribute (lower-cased field names) does nothing to a
+    message that has none of them, so the proxy may skip it.
+
+    @return: a function of CRLF and the message's lower-cased field block that returns a
+        true value when some hook must run; L{None} when they must always run.
+    """
+    names: set[bytes] = set()
+    for hook in hooks:
+        declared = getattr(hook, "only_with_fields", None)
+        if declared is None:
+            return None
+        names.update(declared)
+    if not names:
+        return _never
+    alternatives = b"|".join(re.escape(name) for name in sorted(names))
+    return re.compile(rb"\r\n(?:" + alternatives + rb"):").search
 
 
 @frozen(eq=False)
@@ -43,6 +70,21 @@ class Route:
     response_rewriters: tuple[IResponseRewriter, ...] = field(default=(), converter=tuple)
     name: str = ""
     response_body_filters: tuple[IResponseBodyFilter, ...] = field(default=(), converter=tuple)
+    #: Whether a request needs the authenticators and request rewriters (L{hook_triggers}).
+    request_triggers: Callable[[bytes], object] | None = field(init=False, eq=False, repr=False)
+    #: Whether a response needs the response rewriters and body filters.
+    response_triggers: Callable[[bytes], object] | None = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Body filters see every request (to prepare) and every response.
+        always = [object()] if self.response_body_filters else []
+        set_field = object.__setattr__
+        set_field(
+            self,
+            "request_triggers",
+            hook_triggers([*self.authenticators, *self.request_rewriters, *always]),
+        )
+        set_field(self, "response_triggers", hook_triggers([*self.response_rewriters, *always]))
 
     def host_rank(self, host: str) -> int:
         """

@@ -52,6 +52,9 @@ class CookieRewriter:
         and ignoring a leading dot.
     """
 
+    #: It changes nothing else (L{twisted_rp.http.routing.hook_triggers}).
+    only_with_fields = (b"set-cookie",)
+
     def __init__(
         self,
         domain_map: Mapping[bytes, bytes] | None = None,

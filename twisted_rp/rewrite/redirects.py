@@ -109,9 +109,12 @@ def backends_of(request: ProxyRequest) -> list[Any]:
 
 def client_host_field(request: ProxyRequest) -> bytes | None:
     """
-    The C{Host} field the client sent: noted by L{RedirectRewriter.rewrite_request} or, for a
-    route that preserves the host, still in the request head.
+    The C{Host} field the client sent: C{request.authority}, else noted by
+    L{RedirectRewriter.rewrite_request} or, for a route that preserves the host, still in
+    the request head.
     """
+    if request.authority is not None:
+        return request.authority
     noted = request.notes.get(CLIENT_HOST_NOTE)
     if noted is not None:
         return noted
@@ -207,6 +210,9 @@ class RedirectRewriter:
     """
 
     fields = (b"location", b"content-location")
+    #: It changes nothing else (L{twisted_rp.http.routing.hook_triggers}); on the request
+    #: side it only notes what C{request.authority} already says.
+    only_with_fields = (*fields, b"refresh")
 
     def __init__(self, aliases: Sequence[bytes] = (), prefix_relative: bool = False) -> None:
         parsed: list[Authority] = []

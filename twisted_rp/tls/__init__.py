@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from twisted_rp.tls.certificates import CertificateFiles, PrivateKey, TLSConfigError
 from twisted_rp.tls.client import INSECURE_WARNING, client_tls
-from twisted_rp.tls.info import NO_CLIENT_CERT, ClientCertInfo, client_cert_info, negotiated
+from twisted_rp.tls.info import (
+    NO_CLIENT_CERT,
+    ClientCertInfo,
+    client_cert_fields,
+    client_cert_info,
+    negotiated,
+)
 from twisted_rp.tls.server import (
     MOZILLA_INTERMEDIATE_CIPHERS,
     MOZILLA_INTERMEDIATE_CURVES,
@@ -40,6 +46,7 @@ __all__ = [
     "ServerTLS",
     "SighupReloadService",
     "TLSConfigError",
+    "client_cert_fields",
     "client_cert_info",
     "client_tls",
     "negotiated",

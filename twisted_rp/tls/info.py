@@ -4,6 +4,7 @@ What a TLS transport negotiated: the client's certificate, the protocol version 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from attrs import frozen
@@ -82,3 +83,23 @@ def negotiated(transport: object) -> tuple[str | None, str | None]:
     if cipher is None:
         return None, None
     return connection.get_protocol_version_name(), cipher
+
+
+def client_cert_fields(transport: object) -> list[tuple[bytes, bytes]]:
+    """
+    The fields that tell a backend about the client's certificate: RFC 9440 C{Client-Cert}
+    and C{Client-Cert-Chain} (Structured Field byte sequences), and the C{X-SSL-Client-*}
+    fields nginx and HAProxy setups use.
+    """
+    info = client_cert_info(transport)
+    fields = [(b"X-SSL-Client-Verify", info.verify.encode("ascii"))]
+    if info.der is not None:
+        fields.append((b"Client-Cert", b":" + base64.b64encode(info.der) + b":"))
+        if info.chain_der:
+            chain = b", ".join(b":" + base64.b64encode(d) + b":" for d in info.chain_der)
+            fields.append((b"Client-Cert-Chain", chain))
+    if info.subject_dn is not None:
+        fields.append((b"X-SSL-Client-S-DN", info.subject_dn.encode("utf-8")))
+    if info.fingerprint_sha256 is not None:
+        fields.append((b"X-SSL-Client-Fingerprint", info.fingerprint_sha256.encode("ascii")))
+    return fields

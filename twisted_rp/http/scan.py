@@ -1,0 +1,164 @@
+"""
+One-pass scanners for the common request and response heads.
+
+Most heads a proxy sees are simple: an origin-form HTTP/1.1 request with no body and nothing
+hop-by-hop, or a response framed by one plain C{Content-Length}.  These functions recognise
+such heads with one regular expression that validates the whole head and a few searches of
+its lower-cased copy, and return L{None} for anything else; the caller then takes the general
+path (L{twisted_rp.http.parser}), which gives the same answer for every head these accept and
+works out the error for the rest.  Both paths are tested against the same heads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from twisted_rp.http.message import Headers, ResponseHead
+from twisted_rp.http.parser import (
+    _FIELD_LINE,
+    _TOKEN,
+    _VALUE_CHARS,
+    NO_BODY,
+    Framing,
+    ResponseInfo,
+)
+
+_FIELDS = _FIELD_LINE + rb"(?:\r\n" + _FIELD_LINE + rb")*"
+
+#: An origin-form HTTP/1.1 request line and at least one field, all valid.
+_SIMPLE_REQUEST = re.compile(
+    rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1\r\n(" + _FIELDS + rb")"
+).fullmatch
+
+#: A reg-name or IPv4 host with an optional port up to 65535 (IPv6 takes the general path).
+_SIMPLE_HOST = re.compile(
+    rb"[A-Za-z0-9\-._~!$&'()*+,;=]+"
+    rb"(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+).fullmatch
+
+#: An HTTP/1.x status line with a final status and its fields, all valid.
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: (" + _VALUE_CHARS + rb"*))?\r\n(" + _FIELDS + rb")"
+).fullmatch
+
+#: Response fields that take the general path: hop-by-hop ones other than a plain
+#: C{Connection}, and other framing.
+_RESPONSE_OTHER = re.compile(
+    rb"\r\n(?:transfer-encoding|keep-alive|proxy-connection|te|trailer|upgrade):"
+).search
+
+_OWS = b" \t"
+_BODILESS_STATUS = frozenset({204, 304})
+_HOST_KEY = b"\r\nhost:"
+_LENGTH_KEY = b"\r\ncontent-length:"
+_CONNECTION_KEY = b"\r\nconnection:"
+
+
+def scan_request(
+    head: bytes, special: re.Pattern[bytes], max_request_line: int, max_fields: int
+) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
+    """
+    Recognise a simple request head.
+
+    @param head: the head without its final empty line.
+    @param special: matches CRLF, a lower-cased field name and a colon for every field that
+        takes the general path (framing, hop-by-hop, forwarding fields, ...).
+    @param max_request_line: a longer request line takes the general path (which refuses it).
+    @param max_fields: so does a head with more fields.
+    @return: C{(method, target, fields, lowered, host)}, where C{fields} is the raw field block,
+        C{lowered} CRLF and that block lower-cased, and C{host} the one valid C{Host} value; or
+        L{None} for any other head.
+    """
+    match = _SIMPLE_REQUEST(head)
+    if match is None:
+        return None
+    method, target, block = match.groups()
+    if match.start(3) - 2 > max_request_line or method == b"CONNECT":
+        return None
+    lowered = b"\r\n" + block.lower()
+    if special.search(lowered) is not None or lowered.count(b"\r\n") > max_fields:
+        return None
+    start = lowered.find(_HOST_KEY)
+    if start < 0 or lowered.find(_HOST_KEY, start + 7) >= 0:
+        return None
+    # Offsets in CRLF + block are those in the block plus 2.
+    end = block.find(b"\r\n", start + 5)
+    host = block[start + 5 : end if end >= 0 else len(block)].strip(_OWS)
+    if _SIMPLE_HOST(host) is None:
+        return None
+    return method, target, block, lowered, host
+
+
+def scan_response(head: bytes, method: bytes) -> SimpleResponse | None:
+    """
+    Recognise a simple final response head: framed by one plain C{Content-Length} (or
+    bodiless), with at most one C{Connection: keep-alive} or C{close}.
+
+    @param head: the head without its final empty line.
+    @param method: the request's method (a response to C{HEAD} has no body).
+    @return: the head's parts, its fields unsplit; or L{None} for any other head.
+    """
+    match = _SIMPLE_RESPONSE(head)
+    if match is None:
+        return None
+    minor, status_text, reason, block = match.groups()
+    lowered = b"\r\n" + block.lower()
+    if _RESPONSE_OTHER(lowered) is not None:
+        return None
+    start = lowered.find(_LENGTH_KEY)
+    if start < 0 or lowered.find(_LENGTH_KEY, start + 17) >= 0:
+        return None
+    end = block.find(b"\r\n", start + 15)
+    value = block[start + 15 : end if end >= 0 else len(block)].strip(_OWS)
+    if not (value.isdigit() and len(value) <= 18):
+        return None
+    token = b""
+    cut = (0, 0)
+    start = lowered.find(_CONNECTION_KEY)
+    if start >= 0:
+        if lowered.find(_CONNECTION_KEY, start + 13) >= 0:
+            return None
+        end = block.find(b"\r\n", start + 11)
+        if end < 0:
+            end = len(block)
+        token = lowered[start + 13 : end + 2].strip(_OWS)
+        if token != b"keep-alive" and token != b"close":
+            return None
+        # The field's line starts at start in the block; remove it with one of its CRLFs
+        # (the one before it, unless it is the first line).
+        cut = (start - 2, end) if start else (0, min(end + 2, len(block)))
+    status = int(status_text)
+    length = 0 if method == b"HEAD" or status in _BODILESS_STATUS else int(value)
+    version = b"HTTP/1.1" if minor == b"1" else b"HTTP/1.0"
+    return SimpleResponse(version, status, reason or b"", block, lowered, length, cut, token)
+
+
+class SimpleResponse(NamedTuple):
+    """
+    A simple response head, as L{scan_response} found it.
+
+    @ivar lowered: CRLF and C{fields} lower-cased.
+    @ivar length: how many body bytes follow (0 for a bodiless response, whatever its
+        C{Content-Length} says).
+    @ivar cut: the C{(start, end)} span of C{fields} to remove for the client (the
+        C{Connection} field), or C{(0, 0)}.
+    @ivar connection: the C{Connection} token (C{b"keep-alive"} or C{b"close"}), or C{b""}.
+    """
+
+    version: bytes
+    status: int
+    reason: bytes
+    fields: bytes
+    lowered: bytes
+    length: int
+    cut: tuple[int, int]
+    connection: bytes
+
+    def parsed(self) -> tuple[ResponseHead, ResponseInfo]:
+        """The head and its L{ResponseInfo}, as the general path has them."""
+        framing = Framing("length", self.length) if self.length else NO_BODY
+        return (
+            ResponseHead(self.version, self.status, self.reason, Headers.from_block(self.fields)),
+            ResponseInfo(framing, [self.connection] if self.connection else [], self.cut),
+        )
