@@ -327,6 +327,27 @@ class ForwardedRequestTests(ProxyTestCase):
         harness.client().send(get(b"/", b"Example.com:8080"))
         self.assertEqual(self.forwarded(harness.accept()).get_all(b"host"), [b"Example.com:8080"])
 
+    def test_head_in_pieces(self) -> None:
+        """However a head is split across reads, the backend gets it once, whole."""
+        head = get(b"/pieces", b"example.com")
+        for sizes in ([3], [1, 2, 3], [len(head) - 4], [len(head) - 3], [len(head) - 1]):
+            harness = ProxyHarness()
+            client = harness.client()
+            rest = head
+            for size in sizes:
+                client.send(rest[:size])
+                rest = rest[size:]
+                self.assertEqual(harness.connect_attempts, 0, sizes)
+            client.send(rest)
+            forwarded = self.forwarded(harness.accept())
+            self.assertEqual(forwarded.start, b"GET /pieces HTTP/1.1", sizes)
+            self.assertEqual(forwarded.get_all(b"host"), [b"example.com"])
+
+    def test_empty_lines_before_the_head_are_ignored(self) -> None:
+        harness = ProxyHarness()
+        harness.client().send(b"\r\n\r\n" + get(b"/after", b"example.com"))
+        self.assertEqual(self.forwarded(harness.accept()).start, b"GET /after HTTP/1.1")
+
     def test_absolute_form_target(self) -> None:
         """The authority of an absolute-form target becomes the Host; the path is sent."""
         harness = ProxyHarness()

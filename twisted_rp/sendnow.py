@@ -12,6 +12,7 @@ internals relied on here) it is the transport's own C{write}.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ITransport
@@ -32,25 +33,33 @@ def send_now(transport: tcp.Connection, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sending it at once if nothing is queued ahead of it.
     """
-    if (
-        transport._tempDataLen
-        or len(transport.dataBuffer) - transport.offset
-        or not transport.connected
-        or transport._writeDisconnected
-        or transport.TLS
-    ):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:
-        # Let the normal path discover and report the failure.
-        transport.write(data)
-        return
-    if sent < len(data):
-        transport.write(data[sent:])
+    _immediate_writer(transport)(data)
+
+
+def _immediate_writer(connection: Any) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        if (
+            connection._tempDataLen
+            or len(connection.dataBuffer) - connection.offset
+            or not connection.connected
+            or connection._writeDisconnected
+            # startTLS may come later.
+            or connection.TLS
+        ):
+            connection.write(data)
+            return
+        try:
+            sent = connection.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Let the normal path discover and report the failure.
+            connection.write(data)
+            return
+        if sent < len(data):
+            connection.write(data[sent:])
+
+    return write
 
 
 def writer_for(transport: ITransport, enabled: bool = True) -> Callable[[bytes], None]:
@@ -60,5 +69,5 @@ def writer_for(transport: ITransport, enabled: bool = True) -> Callable[[bytes],
     @param enabled: C{False} always returns C{transport.write}.
     """
     if enabled and supports_send_now(transport):
-        return lambda data: send_now(transport, data)  # type: ignore[arg-type]
+        return _immediate_writer(transport)
     return transport.write

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-from twisted_rp.http.message import AccessRecord
+from twisted_rp.http.message import AccessRecord, RequestHead
 from twisted_rp.interfaces import IAccessLog
 from twisted_rp.settings import LogSettings
 
@@ -298,4 +298,29 @@ def exchange_record(exchange: Exchange) -> AccessRecord:
         user=request.identity,
         tls_version=tls[0],
         tls_cipher=tls[1],
+    )
+
+
+def refused_record(
+    client_ip: str, head: RequestHead | None, host: str, now: float, status: int
+) -> AccessRecord:
+    """The record of a request the proxy answered itself, without any backend."""
+    text = _text
+    headers = head.headers if head is not None else None
+    return AccessRecord(
+        client_ip=client_ip,
+        method=text(head.method) if head else "",
+        target=text(head.target) if head else "",
+        version=text(head.version) if head else "",
+        status=status,
+        bytes_sent=0,
+        referer=text(headers.get(b"referer")) if headers is not None else "",
+        user_agent=text(headers.get(b"user-agent")) if headers is not None else "",
+        host=host,
+        request_id="",
+        backend="",
+        pool="",
+        started=now,
+        duration=0.0,
+        backend_time=None,
     )

@@ -46,34 +46,24 @@ class Exchange(RequestSide, ResponseHeads):
     A request from one client connection and the response to it.
     """
 
-    __slots__ = (
-        "_early",
-        "attempts",
-        "body_producer",
-        "body_received",
-        "bytes_sent",
-        "client_method",
-        "client_target",
-        "client_version",
-        "connection",
-        "context",
-        "decoder",
-        "expect_continue",
-        "failed_backends",
-        "finished",
-        "framing",
-        "front",
-        "head",
-        "info",
-        "lease",
-        "request",
-        "request_done",
-        "route",
-        "sent_at",
-        "stale_retried",
-        "started",
-        "upgrade",
-    )
+    # Per-exchange state that starts the same for every request is a class default: an
+    # exchange is made for every request, and most keep most of these.
+    lease: Lease | None = None
+    connection: BackendConnection | None = None
+    decoder: ChunkedDecoder | LengthDecoder | None = None
+    body_producer = False
+    request_done = False
+    finished = False
+    bytes_sent = 0
+    body_received = 0
+    context: PickContext | None = None
+    #: Names of the backends that failed this request (replaced, never changed in place).
+    failed_backends: frozenset[str] = frozenset()
+    stale_retried = False
+    expect_continue = False
+    _early: tuple[list[bytes], bytes | None] | None = None
+    attempts = 0
+    sent_at = 0.0
 
     _log = Logger()
 
@@ -89,36 +79,16 @@ class Exchange(RequestSide, ResponseHeads):
         self.front = front
         self.head = head
         self.info = info
-        self.framing = info.framing
+        framing = self.framing = info.framing
         self.route = route
         self.request = request
-        self.expect_continue = info.expect is not None and info.framing.kind != "none"
+        if info.expect is not None and framing.kind != "none":
+            self.expect_continue = True
         self.upgrade = upgrade
         self.client_method = head.method
         self.client_target = head.target
         self.client_version = head.version
-        self.lease: Lease | None = None
-        self.connection: BackendConnection | None = None
-        self.decoder: ChunkedDecoder | LengthDecoder | None = None
-        self.body_producer = False
-        self.request_done = False
-        self.response_started = False
-        self.response_chunked = False
-        self.body_filter = None
-        self.close_after = False
-        self.finished = False
-        self.status = 0
-        self.bytes_sent = 0
-        self.body_received = 0
-        self.context: PickContext | None = None
-        self.failed_backends: set[str] = set()
-        self.stale_retried = False
-        self.bind_connection = False
-        self._early: tuple[list[bytes], bytes | None] | None = None
-        self.attempts = 0
         self.started = front.clock.seconds()
-        self.sent_at = 0.0
-        self.backend_time: float | None = None
         self._out: list[bytes] = []
 
     def _may_retry(self) -> bool:
@@ -144,7 +114,7 @@ class Exchange(RequestSide, ResponseHeads):
             None,
             headers.text,
             headers.cookie,
-            frozenset(self.failed_backends),
+            self.failed_backends,
         )
         try:
             lease = self.front.factory.pick_backend(request, context)
@@ -205,7 +175,7 @@ class Exchange(RequestSide, ResponseHeads):
         assert lease is not None
         timed_out = failure.check(ConnectTimeout) is not None
         lease.release(Outcome("timeout" if timed_out else "connect_failed"))
-        self.failed_backends.add(lease.backend.name)
+        self.failed_backends = self.failed_backends | {lease.backend.name}
         self._log.warn(
             "{request_id}: cannot connect to backend {backend} ({address}): {reason}",
             request_id=self.request.request_id,
@@ -391,7 +361,7 @@ class Exchange(RequestSide, ResponseHeads):
                 return
             lease = self.lease
             if lease is not None:
-                self.failed_backends.add(lease.backend.name)
+                self.failed_backends = self.failed_backends | {lease.backend.name}
             if self._may_retry():
                 # The backend died before answering an idempotent request: another one may.
                 self.lease = None

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from twisted_rp.http.forwarding import CLIENT_CERT_FIELDS, HOP_BY_HOP
 from twisted_rp.http.message import IDEMPOTENT, ErrorResponse, reason_phrase
-from twisted_rp.http.proxy import host_name
+from twisted_rp.http.routing import host_name
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
     Backend,

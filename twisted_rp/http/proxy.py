@@ -13,12 +13,12 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_rp.http.accesslog import refused_record
 from twisted_rp.http.backend import BackendConnection, BackendConnections
 from twisted_rp.http.exchange import Exchange
 from twisted_rp.http.flow import Valve
 from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
-    AccessRecord,
     ErrorResponse,
     Headers,
     HTTPError,
@@ -34,7 +34,7 @@ from twisted_rp.http.parser import (
     parse_request_head,
     split_absolute_target,
 )
-from twisted_rp.http.routing import Route, Router
+from twisted_rp.http.routing import Route, Router, host_name, request_path
 from twisted_rp.http.scan import scan_request
 from twisted_rp.interfaces import IAccessLog, IRequestObserver
 from twisted_rp.pool.backend import Lease, PickContext
@@ -75,6 +75,8 @@ class HTTPProxyProtocol(Protocol):
         self._buffer = b""
         self._paused: set[str] = set()
         self._timer: IDelayedCall | None = None
+        # When the timer is due to fire, and when the current phase times out.
+        self._timer_at = self._deadline = 0.0
         self._head_started = False
         self._reading_heads = False
         # The last Host value and its host name (most connections send one Host).
@@ -89,7 +91,7 @@ class HTTPProxyProtocol(Protocol):
         self.client_ip = getattr(peer, "host", "") or ""
         self.client_port = getattr(peer, "port", 0) or 0
         self.local_port = getattr(self.transport.getHost(), "port", 0) or 0
-        self._timer = self.clock.callLater(self.settings.timeouts.client_header, self._timed_out)
+        self.restart_timer(self.settings.timeouts.client_header)
         # Registered once for the connection's life: it pauses whichever backend connection
         # is answering when the client reads more slowly than the backend sends.
         self.transport.registerProducer(Valve(self._client_full, self._client_drained), True)
@@ -117,6 +119,13 @@ class HTTPProxyProtocol(Protocol):
             assert self.exchange is not None and self.exchange.connection is not None
             self.exchange.connection.write(data)
         elif state == _HEAD:
+            if not self._buffer and not self._reading_heads and data[:1] != b"\r":
+                # Most reads are one whole request head and nothing more.
+                end = data.find(b"\r\n\r\n")
+                if 0 < end == len(data) - 4 and end <= self.settings.limits.max_header_bytes:
+                    self._state = _BUSY
+                    self._start_exchange(data[:end])
+                    return
             self._buffer = self._buffer + data if self._buffer else data
             self._read_heads()
         elif state == _BUSY:
@@ -143,11 +152,12 @@ class HTTPProxyProtocol(Protocol):
                 # RFC 9112 section 2.2: ignore an empty line before a request line.
                 self._buffer = buffer[2:]
                 continue
-            if not self._head_started:
-                self._head_started = True
-                self.restart_timer(self.settings.timeouts.client_header)
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
+                if not self._head_started:
+                    # A head that comes whole needs no timer of its own.
+                    self._head_started = True
+                    self.restart_timer(self.settings.timeouts.client_header)
                 if len(buffer) > limits.max_header_bytes:
                     self._reject(HTTPError(431, "request head too large"))
                 elif buffer.find(b"\r\n", 0, limits.max_request_line + 2) < 0 and (
@@ -168,28 +178,46 @@ class HTTPProxyProtocol(Protocol):
         scanned = scan_request(
             raw, self.forwarding.needs_fields, limits.max_request_line, limits.max_headers
         )
-        if scanned is not None:
-            method, target, block, lowered, authority = scanned
-            head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
-            info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
-        else:
-            try:
-                head = parse_request_head(raw, limits.max_request_line, limits.max_headers)
-                info = analyze_request(head)
-            except HTTPError as e:
-                self._reject(e)
-                return
-            if head.target[:1] != b"/" and head.target != b"*":
-                # Absolute form: the authority in the target wins over Host (RFC 9112 3.2.2).
-                in_target, head.target = split_absolute_target(head.target)
-                if in_target is not None:
-                    head.headers.set(b"Host", in_target)
-        framing = info.framing
-        if info.host == self._authority:
+        if scanned is None:
+            self._start_general(raw)
+            return
+        # A simple request (scan_request): no body, no connection options, HTTP/1.1.
+        method, target, block, lowered, authority = scanned
+        if authority == self._authority:
             host = self._host
         else:
-            host = self._host = host_name(info.host)
-            self._authority = info.host
+            host = self._host = host_name(authority)
+            self._authority = authority
+        head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
+        factory = self.factory
+        request = ProxyRequest(
+            head, self.client_ip, self.client_port, factory.scheme, host, authority=authority
+        )
+        route = request.route = factory.route_for(request)
+        if route is None:
+            self._start_general(raw)
+            return
+        self.wants_keepalive = True
+        info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
+        exchange = self.exchange = Exchange(self, head, info, route, request, None)
+        self.restart_timer(self.settings.timeouts.backend_first_byte)
+        exchange.begin()
+
+    def _start_general(self, raw: bytes) -> None:
+        limits = self.settings.limits
+        try:
+            head = parse_request_head(raw, limits.max_request_line, limits.max_headers)
+            info = analyze_request(head)
+        except HTTPError as e:
+            self._reject(e)
+            return
+        if head.target[:1] != b"/" and head.target != b"*":
+            # Absolute form: the authority in the target wins over Host (RFC 9112 3.2.2).
+            in_target, head.target = split_absolute_target(head.target)
+            if in_target is not None:
+                head.headers.set(b"Host", in_target)
+        framing = info.framing
+        host = host_name(info.host)
         connection_tokens = info.connection
         if head.version == HTTP_11:
             self.wants_keepalive = b"close" not in connection_tokens
@@ -241,26 +269,7 @@ class HTTPProxyProtocol(Protocol):
         if self.access_log is None:
             return
         now = self.clock.seconds()
-        text = (lambda v: v.decode("latin-1")) if head is not None else (lambda v: "")
-        self.access_log.log(
-            AccessRecord(
-                client_ip=self.client_ip,
-                method=text(head.method) if head else "",
-                target=text(head.target) if head else "",
-                version=text(head.version) if head else "",
-                status=status,
-                bytes_sent=0,
-                referer=text(head.headers.get(b"referer") or b"") if head else "",
-                user_agent=text(head.headers.get(b"user-agent") or b"") if head else "",
-                host=host,
-                request_id="",
-                backend="",
-                pool="",
-                started=now,
-                duration=0.0,
-                backend_time=None,
-            )
-        )
+        self.access_log.log(refused_record(self.client_ip, head, host, now, status))
 
     # Called by the exchange
 
@@ -390,21 +399,34 @@ class HTTPProxyProtocol(Protocol):
 
     def restart_timer(self, seconds: float) -> None:
         """(Re)arm the connection's one timer; C{_timed_out} decides what expired."""
-        # _timer is None whenever it is not pending, so reset() is always legal here.
+        deadline = self._deadline = self.clock.seconds() + seconds
+        # Most restarts move the deadline later: only noted, the timer re-arms itself for
+        # what is left when it fires (two restarts per request would otherwise reschedule).
         timer = self._timer
-        if timer is not None:
+        if timer is None:
+            self._timer_at = deadline
+            self._timer = self.clock.callLater(seconds, self._timer_fired)
+        elif deadline < self._timer_at:
+            # _timer is None whenever it is not pending, so reset() is always legal here.
+            self._timer_at = deadline
             timer.reset(seconds)
-        else:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def stop_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
 
+    def _timer_fired(self) -> None:
+        self._timer = None
+        left = self._deadline - self.clock.seconds()
+        if left > 0:
+            self._timer_at = self._deadline
+            self._timer = self.clock.callLater(left, self._timer_fired)
+        else:
+            self._timed_out()
+
     def _timed_out(self) -> None:
         # One timer serves every phase; the state says which timeout it was.
-        self._timer = None
         state = self._state
         exchange = self.exchange
         if state == _HEAD:
@@ -475,20 +497,6 @@ def _no_delay(transport: Any) -> None:
         set_no_delay(True)
 
 
-def host_name(host: bytes | None) -> str:
-    if not host:
-        return ""
-    text = host.decode("ascii", "replace").lower()
-    if text.startswith("["):
-        return text[: text.find("]") + 1]
-    return text.rsplit(":", 1)[0].rstrip(".")
-
-
-def _path(target: bytes) -> str:
-    end = target.find(b"?")
-    return (target if end < 0 else target[:end]).decode("latin-1")
-
-
 class HTTPProxyFactory(Factory):
     """
     Serves one listener: reverse-proxies every connection by C{router}.
@@ -556,7 +564,7 @@ class HTTPProxyFactory(Factory):
         The route of C{request}, whose head is as the client sent it and C{host} the
         lower-cased host name; L{None} answers 404.  By default, C{self.router}'s choice.
         """
-        return self.router.route(request.host, _path(request.head.target))
+        return self.router.route(request.host, request_path(request.head.target))
 
     def rewrite_request(self, request: ProxyRequest) -> ErrorResponse | None:
         """

@@ -29,8 +29,6 @@ class RequestSide:
     The request-side steps of an exchange (a mixin: the state lives on the exchange).
     """
 
-    __slots__ = ()
-
     _log = Logger()
 
     front: HTTPProxyProtocol
@@ -54,8 +52,7 @@ class RequestSide:
     def begin(self) -> None:
         """Authenticate, rewrite and send the request."""
         if self.framing.kind != "none" and self.upgrade is None:
-            # The exchange declares the slots (one base of it only may have non-empty ones).
-            self.decoder = (  # type: ignore[misc]
+            self.decoder = (
                 LengthDecoder(self.framing.length)
                 if self.framing.kind == "length"
                 else ChunkedDecoder()
@@ -65,7 +62,7 @@ class RequestSide:
             pending = self.front.take_buffer()
             if pending:
                 try:
-                    self._early = self.decoder.feed(pending)  # type: ignore[misc]
+                    self._early = self.decoder.feed(pending)
                 except HTTPError as e:
                     self.fail(e.status, e.detail)
                     return

@@ -78,26 +78,15 @@ class ResponseHeads:
     it uses lives on the exchange).
     """
 
-    # The response-side state; the exchange declares the rest.
-    __slots__ = (
-        "_out",
-        "backend_time",
-        "bind_connection",
-        "body_filter",
-        "close_after",
-        "response_chunked",
-        "response_started",
-        "status",
-    )
-
+    # The response-side state (class defaults: see the exchange); it declares the rest.
     _out: list[bytes]
-    backend_time: float | None
-    bind_connection: bool
-    body_filter: IBodyTransform | None
-    close_after: bool
-    response_chunked: bool
-    response_started: bool
-    status: int
+    backend_time: float | None = None
+    bind_connection = False
+    body_filter: IBodyTransform | None = None
+    close_after = False
+    response_chunked = False
+    response_started = False
+    status = 0
 
     front: HTTPProxyProtocol
     route: Route
@@ -108,6 +97,11 @@ class ResponseHeads:
     client_version: bytes
     request_done: bool
     sent_at: float
+    bytes_sent: int
+
+    if TYPE_CHECKING:
+
+        def _end(self, outcome: Outcome, keep_alive: bool, abort: bool = False) -> None: ...
 
     _log = Logger()
 
@@ -241,7 +235,7 @@ class ResponseHeads:
             self._filter_failed()
             return False
         if tail:
-            cast("Exchange", self).bytes_sent += len(tail)
+            self.bytes_sent += len(tail)
             self._out.append(encode_chunk(tail) if self.response_chunked else tail)
         return True
 
@@ -278,7 +272,7 @@ class ResponseHeads:
         self.status = status
         elapsed = self.backend_time = now - self.sent_at
         fields = self._client_fields(simple.fields, simple.cut)
-        cast("Exchange", self).bytes_sent = len(body)
+        self.bytes_sent = len(body)
         if fields:
             data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (status, simple.reason, fields, body)
         else:
@@ -290,7 +284,7 @@ class ResponseHeads:
             self._out = []
         front.write(data)
         outcome = Outcome("server_error" if status >= 500 else "ok", elapsed)
-        cast("Exchange", self)._end(outcome, keep_alive=not self.close_after)
+        self._end(outcome, keep_alive=not self.close_after)
         return True
 
     def _client_fields(self, fields: bytes, cut: tuple[int, int]) -> bytes:

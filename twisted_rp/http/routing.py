@@ -22,6 +22,22 @@ def _lower_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
     return tuple(h.lower().rstrip(".") for h in hosts)
 
 
+def host_name(authority: bytes | None) -> str:
+    """The lower-cased host name of a C{Host} value (C{host[:port]}), as routes match it."""
+    if not authority:
+        return ""
+    text = authority.decode("ascii", "replace").lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1]
+    return text.rsplit(":", 1)[0].rstrip(".")
+
+
+def request_path(target: bytes) -> str:
+    """The path of an origin-form request target, as routes match it."""
+    end = target.find(b"?")
+    return (target if end < 0 else target[:end]).decode("latin-1")
+
+
 def _never(lowered: bytes) -> None:
     return None
 

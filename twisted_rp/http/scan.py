@@ -48,6 +48,11 @@ _RESPONSE_OTHER = re.compile(
     rb"\r\n(?:transfer-encoding|keep-alive|proxy-connection|te|trailer|upgrade):"
 ).search
 
+#: A plain Content-Length value and a keep-alive or close Connection, in CRLF + the
+#: lower-cased block: the whole value, with optional whitespace around it.
+_LENGTH_VALUE = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*(?=\r\n|\Z)").search
+_CONNECTION_VALUE = re.compile(rb"\r\nconnection:[ \t]*(keep-alive|close)[ \t]*(?=\r\n|\Z)").search
+
 _OWS = b" \t"
 _BODILESS_STATUS = frozenset({204, 304})
 _HOST_KEY = b"\r\nhost:"
@@ -106,32 +111,26 @@ def scan_response(head: bytes, method: bytes) -> SimpleResponse | None:
     lowered = b"\r\n" + block.lower()
     if _RESPONSE_OTHER(lowered) is not None:
         return None
-    start = lowered.find(_LENGTH_KEY)
-    if start < 0 or lowered.find(_LENGTH_KEY, start + 17) >= 0:
-        return None
-    end = block.find(b"\r\n", start + 15)
-    value = block[start + 15 : end if end >= 0 else len(block)].strip(_OWS)
-    if not (value.isdigit() and len(value) <= 18):
+    length = _LENGTH_VALUE(lowered)
+    if length is None or lowered.count(_LENGTH_KEY) != 1:
         return None
     token = b""
     cut = (0, 0)
-    start = lowered.find(_CONNECTION_KEY)
-    if start >= 0:
-        if lowered.find(_CONNECTION_KEY, start + 13) >= 0:
+    connection = _CONNECTION_VALUE(lowered)
+    if connection is not None:
+        if lowered.count(_CONNECTION_KEY) != 1:
             return None
-        end = block.find(b"\r\n", start + 11)
-        if end < 0:
-            end = len(block)
-        token = lowered[start + 13 : end + 2].strip(_OWS)
-        if token != b"keep-alive" and token != b"close":
-            return None
-        # The field's line starts at start in the block; remove it with one of its CRLFs
-        # (the one before it, unless it is the first line).
-        cut = (start - 2, end) if start else (0, min(end + 2, len(block)))
+        token = connection.group(1)
+        # In the block, the field's line runs from start - 2 to end - 2; remove it with one
+        # of its CRLFs (the one before it, unless it is the first line).
+        start, end = connection.span()
+        cut = (start - 2, end - 2) if start else (0, min(end, len(block)))
+    elif _CONNECTION_KEY in lowered:
+        return None
     status = int(status_text)
-    length = 0 if method == b"HEAD" or status in _BODILESS_STATUS else int(value)
+    body = 0 if method == b"HEAD" or status in _BODILESS_STATUS else int(length.group(1))
     version = b"HTTP/1.1" if minor == b"1" else b"HTTP/1.0"
-    return SimpleResponse(version, status, reason or b"", block, lowered, length, cut, token)
+    return SimpleResponse(version, status, reason or b"", block, lowered, body, cut, token)
 
 
 class SimpleResponse(NamedTuple):
