@@ -136,7 +136,9 @@ class BackendConnection(Protocol):
             sink.on_backend_error(e.detail)
             self.abort()
             return
-        sink.flush()
+        if self.sink is sink:
+            # (A response that ended here was flushed by its exchange, which let go.)
+            sink.flush()
 
     def _process(self, sink: ResponseSink, data: bytes) -> None:
         state = self._state
