@@ -967,6 +967,22 @@ class BackendFailureTests(ProxyTestCase):
         harness.accept().answer(response(body=b"ok"))
         self.assertEqual(parse_message(client.received()).body, b"ok")
 
+    def test_invalid_response_heads(self) -> None:
+        """A backend's malformed or oversized head is a 502, whatever path reads it."""
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+        for answer in [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + many + b"\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: \x01\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n X: folded\r\n\r\nok",
+            b"HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+        ]:
+            harness = ProxyHarness()
+            client, backend = harness.exchange(get(), answer)
+            self.assertErrorPage(client.received(), 502)
+            self.assertTrue(backend.closed, answer)
+
     def test_refused_by_all_three_attempts(self) -> None:
         harness = ProxyHarness(backends=4)
         client = harness.client()

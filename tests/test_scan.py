@@ -138,7 +138,7 @@ class ResponseScanTests(SynchronousTestCase):
     def test_simple_responses_read_as_the_parser_reads_them(self) -> None:
         for method in (b"GET", b"HEAD"):
             for raw in SIMPLE_RESPONSES:
-                simple = scan_response(raw, method)
+                simple = scan_response(raw, method, 100)
                 assert simple is not None, raw
                 expected = parse_response_head(raw, 100)
                 expected_info = analyze_response(method, expected)
@@ -159,7 +159,15 @@ class ResponseScanTests(SynchronousTestCase):
 
     def test_others_are_left_to_the_general_path(self) -> None:
         for raw in OTHER_RESPONSES:
-            self.assertIsNone(scan_response(raw, b"GET"), raw)
+            self.assertIsNone(scan_response(raw, b"GET", 100), raw)
+
+    def test_limits_are_left_to_the_general_path(self) -> None:
+        raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nA: 1\r\nB: 2"
+        self.assertIsNotNone(scan_response(raw, b"GET", 3))
+        self.assertIsNone(scan_response(raw, b"GET", 2))
+        with self.assertRaises(HTTPError) as caught:
+            parse_response_head(raw, 2)
+        self.assertEqual(caught.exception.status, 502)
 
     def test_connection_field_is_cut(self) -> None:
         for raw, kept in [
@@ -170,7 +178,7 @@ class ResponseScanTests(SynchronousTestCase):
                 b"A: 1\r\nContent-Length: 0",
             ),
         ]:
-            simple = scan_response(raw, b"GET")
+            simple = scan_response(raw, b"GET", 100)
             assert simple is not None
             start, end = simple.cut
             self.assertEqual(simple.fields[:start] + simple.fields[end:], kept)

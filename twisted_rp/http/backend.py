@@ -166,7 +166,7 @@ class BackendConnection(Protocol):
                     raise HTTPError(502, "response head too large")
                 self._buffer = buffer
                 return
-            simple = scan_response(buffer[:end], self._method)
+            simple = scan_response(buffer[:end], self._method, _MAX_RESPONSE_HEADERS)
             if simple is not None:
                 buffer = buffer[end + 4 :]
                 self._buffer = b""

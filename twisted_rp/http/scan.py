@@ -95,13 +95,14 @@ def scan_request(
     return method, target, block, lowered, host
 
 
-def scan_response(head: bytes, method: bytes) -> SimpleResponse | None:
+def scan_response(head: bytes, method: bytes, max_fields: int) -> SimpleResponse | None:
     """
     Recognise a simple final response head: framed by one plain C{Content-Length} (or
     bodiless), with at most one C{Connection: keep-alive} or C{close}.
 
     @param head: the head without its final empty line.
     @param method: the request's method (a response to C{HEAD} has no body).
+    @param max_fields: a head with more fields takes the general path (which refuses it).
     @return: the head's parts, its fields unsplit; or L{None} for any other head.
     """
     match = _SIMPLE_RESPONSE(head)
@@ -109,7 +110,7 @@ def scan_response(head: bytes, method: bytes) -> SimpleResponse | None:
         return None
     minor, status_text, reason, block = match.groups()
     lowered = b"\r\n" + block.lower()
-    if _RESPONSE_OTHER(lowered) is not None:
+    if _RESPONSE_OTHER(lowered) is not None or lowered.count(b"\r\n") > max_fields:
         return None
     length = _LENGTH_VALUE(lowered)
     if length is None or lowered.count(_LENGTH_KEY) != 1:
