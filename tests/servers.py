@@ -21,8 +21,12 @@ Every wait here is bounded: L{wait_until} and L{run_curl} give up after their ti
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -88,9 +92,11 @@ class ReceivedRequest:
     def body_sha256(self) -> str:
         return str(self._hash.hexdigest())
 
-    def as_json(self) -> bytes:
+    def as_json(self, answered_at: float | None = None) -> bytes:
+        """The echo; C{answered_at}: when the backend answered, on its reactor's clock."""
         return json.dumps(
             {
+                "answered_at": answered_at,
                 "backend": self.backend,
                 "method": self.method,
                 "target": self.target,
@@ -384,7 +390,8 @@ class BackendServerProtocol(Protocol):
 
     def _echo(self, request: ReceivedRequest, close: bool) -> None:
         self._delayed = None
-        self._answer(200, b"application/json", request.as_json(), close)
+        answered_at = self.server.reactor.seconds()
+        self._answer(200, b"application/json", request.as_json(answered_at), close)
 
     def _answer(self, status: int, content_type: bytes, body: bytes, close: bool) -> None:
         self.transport.write(
@@ -507,22 +514,76 @@ class BackendServer(Factory):
 FIXED_PORTS = range(20000, 32768)
 
 
+#: Where test processes note the fixed ports they took, so that parallel ones (trial -j)
+#: never pick the same port between choosing it and listening on it.
+PORT_CLAIMS = os.path.join(tempfile.gettempdir(), "twisted_rp-test-ports")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(port: int) -> bool:
+    """Note C{port} as this process's; C{False} if a live process has it."""
+    os.makedirs(PORT_CLAIMS, exist_ok=True)
+    path = os.path.join(PORT_CLAIMS, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as claim:
+                    owner = int(claim.read() or 0)
+            except (OSError, ValueError):
+                return False
+            if not owner or owner == os.getpid() or _alive(owner):
+                return False
+            # Left by a process that is gone: take it over (one claimant wins the create).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
+        with os.fdopen(fd, "w") as claim:
+            claim.write(str(os.getpid()))
+        if not _CLAIMED:
+            atexit.register(_release_claims)
+        _CLAIMED.append(path)
+        return True
+    return False
+
+
+_CLAIMED: list[str] = []
+
+
+def _release_claims() -> None:
+    for path in _CLAIMED:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def free_port() -> int:
     """
-    A TCP port of 127.0.0.1 below 32768 that nothing listens on just now, for a program
-    that must be told its port in advance (a configuration file, a command line).
+    A TCP port of 127.0.0.1 below 32768 that nothing listens on just now and no other test
+    process took, for a program that must be told its port in advance (a configuration
+    file, a command line).
     """
     import random
     import socket
 
-    for _ in range(200):
+    for _ in range(400):
         port = random.choice(FIXED_PORTS)
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        return port
+        if _claim(port):
+            return port
     raise RuntimeError("no free port below 32768 on 127.0.0.1")
 
 
