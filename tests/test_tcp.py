@@ -29,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twisted_rp.auth.ipfilter import IPFilter
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool import (
     Backend,
@@ -507,6 +508,14 @@ class SendProxyTests(SynchronousTestCase):
         backend = harness.accept()
         self.assertEqual(backend.received(), encode_v1(CLIENT, LISTENER))
 
+    def test_client_filter_without_proxy_header(self) -> None:
+        harness = Harness(client_filter=IPFilter(deny=["192.0.2.0/24"]))
+        refused = harness.client(CLIENT)
+        self.assertTrue(refused.closed)
+        allowed = harness.client(IPv4Address("TCP", "198.51.100.7", 1))
+        self.assertFalse(allowed.closed)
+        self.assertEqual(harness.pool.contexts, [PickContext("tcp", "198.51.100.7")])
+
     def test_invalid_options(self) -> None:
         self.assertRaises(ValueError, Harness, send_proxy="v3")
         self.assertRaises(ValueError, Harness, connect_timeout=0)
@@ -585,6 +594,24 @@ class AcceptProxyTests(SynchronousTestCase):
         self.assertFalse(balancer.closed)
         harness.reactor.advance(0.1)
         self.assertTrue(balancer.closed)
+        self.assertEqual(harness.dials(), [])
+
+    def test_allow_and_deny_judge_the_client_the_header_names(self) -> None:
+        """Not the load balancer: behind one, every connection comes from its address."""
+        only_documentation = IPFilter(allow=["192.0.2.0/24"])
+        harness = self.harness(client_filter=only_documentation)
+        balancer = harness.client(BALANCER)
+        balancer.send(encode_v1(CLIENT, LISTENER) + b"first")
+        self.assertEqual(harness.pool.contexts, [PickContext("tcp", "192.0.2.10")])
+        self.assertEqual(harness.accept().received(), b"first")
+
+        harness = self.harness(client_filter=IPFilter(deny=["192.0.2.10"]))
+        balancer = harness.client(BALANCER)
+        with capturedLogs() as events:
+            balancer.send(encode_v1(CLIENT, LISTENER) + b"first")
+        self.assertIn("TCP: refused a connection from 192.0.2.10", [formatEvent(e) for e in events])
+        self.assertTrue(balancer.closed)
+        self.assertEqual(harness.pool.contexts, [])
         self.assertEqual(harness.dials(), [])
 
     def test_trusted_networks_are_validated(self) -> None:

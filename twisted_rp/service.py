@@ -154,6 +154,8 @@ def build_tcp_factory(
         send_proxy=listener.send_proxy,
         accept_proxy=listener.accept_proxy,
         trusted_proxies=[str(network) for network in listener.trusted_proxies],
+        # After a PROXY header, the client it names is the one allow/deny judge.
+        client_filter=listener_filter(listener),
     )
 
 
@@ -300,8 +302,8 @@ def build_listener_factory(
             f"{listener.protocol!r} listeners are not supported yet",
         )
     client_filter = listener_filter(listener)
-    if client_filter is not None and listener.protocol in ("tcp", "ftp"):
-        # HTTP listeners answer 403 through their routes instead.
+    if client_filter is not None and listener.protocol == "ftp":
+        # HTTP listeners answer 403 through their routes, TCP ones filter in the relay.
         factory = ClientFilterFactory(client_filter, factory)
     return factory
 

@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -83,6 +84,12 @@ def _half_close(transport: ITransport) -> None:
         transport.loseConnection()
 
 
+class ClientFilter(TypingProtocol):
+    """Decides which client addresses a listener serves (L{twisted_rp.auth.ipfilter.IPFilter})."""
+
+    def allows(self, host: str) -> bool: ...
+
+
 class TCPProxyFactory(Factory):
     """
     Relays every accepted TCP connection to a backend of C{pool}.
@@ -115,9 +122,12 @@ class TCPProxyFactory(Factory):
         accept_proxy: bool = False,
         trusted_proxies: Iterable[str] = (),
         header_timeout: float = 5.0,
+        client_filter: ClientFilter | None = None,
     ) -> None:
         """
         @param trusted_proxies: IP addresses or networks (C{"10.0.0.0/8"}, C{"::1"}).
+        @param client_filter: closes connections from clients it does not allow; with
+            C{accept_proxy}, the client the PROXY header names, not the load balancer.
         @raise ValueError: for an unknown C{send_proxy}, an invalid trusted network,
             C{accept_proxy} without any trusted network (which could never accept a client),
             or a timeout out of range.
@@ -142,6 +152,7 @@ class TCPProxyFactory(Factory):
         self.accept_proxy = accept_proxy
         self.trusted_proxies = networks
         self.header_timeout = header_timeout
+        self.client_filter = client_filter
         self.live: set[ClientConnection] = set()
 
     def trusts(self, address: IAddress) -> bool:
@@ -262,6 +273,11 @@ class ClientConnection(Protocol):
         self._close_client(abort=True)
 
     def _connect(self) -> None:
+        client_filter = self.factory.client_filter
+        if client_filter is not None and not client_filter.allows(self.client_ip):
+            self.factory.log.info("TCP: refused a connection from {client}", client=self.client_ip)
+            self._close_client(abort=False)
+            return
         self._state = _CONNECTING
         # Whatever the client sends meanwhile waits in its socket, not in our memory.
         self.transport.pauseProducing()
