@@ -253,7 +253,9 @@ class SIGTERMTests(TestCase):
             self.assertEqual(client.total - (len(client.received) - len(answer.body)), size)
             self.assertTrue(shut_down(proxy), proxy.log)
             self.assertLess(took, 20)
-            self.assertIn("waiting up to 20s for 1 connections", proxy.log)
+            # The download's connection, and maybe a refusal probe of until_refused that
+            # reached the backlog just before the port closed (idle: closed at once).
+            self.assertRegex(proxy.log, r"waiting up to 20s for [12] connections")
 
         return Deferred.fromCoroutine(run())
 
