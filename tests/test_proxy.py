@@ -9,6 +9,7 @@ import re
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -25,6 +26,7 @@ from tests.helpers import (
     response,
     split_responses,
 )
+from twisted_rp.http.flow import Deadline
 from twisted_rp.http.message import AccessRecord, ErrorResponse, Headers, ProxyRequest, ResponseHead
 from twisted_rp.http.routing import Route
 from twisted_rp.interfaces import IAccessLog, IAuthenticator, IRequestRewriter, IResponseRewriter
@@ -1658,3 +1660,47 @@ class HookTests(ProxyTestCase):
         harness = ProxyHarness(access_log=access_log)
         harness.client().send(request(b"GET / HTTP/1.1", b"Host : example.com"))
         self.assertEqual([r.status for r in access_log.records], [400])
+
+
+class DeadlineTests(SynchronousTestCase):
+    """The connection timer: restarting later is cheap, restarting earlier is exact."""
+
+    def deadline(self) -> tuple[Clock, Deadline, list[float]]:
+        clock = Clock()
+        expired: list[float] = []
+        return clock, Deadline(clock, lambda: expired.append(clock.seconds())), expired
+
+    def test_later_restarts_move_the_expiry(self) -> None:
+        clock, deadline, expired = self.deadline()
+        deadline.restart(60)
+        clock.advance(10)
+        deadline.restart(60)
+        # Not moved (moving a reactor's call costs a search of its timers), ...
+        [call] = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 60.0)
+        clock.advance(50)
+        self.assertEqual(expired, [])
+        # ... it fires early and re-arms itself for what is left.
+        clock.advance(9.5)
+        self.assertEqual(expired, [])
+        clock.advance(0.5)
+        self.assertEqual(expired, [70.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_earlier_restart_expires_earlier(self) -> None:
+        clock, deadline, expired = self.deadline()
+        deadline.restart(60)
+        clock.advance(10)
+        deadline.restart(30)
+        clock.advance(30)
+        self.assertEqual(expired, [40.0])
+
+    def test_stop_and_restart(self) -> None:
+        clock, deadline, expired = self.deadline()
+        deadline.restart(5)
+        deadline.stop()
+        clock.advance(10)
+        self.assertEqual((expired, clock.getDelayedCalls()), ([], []))
+        deadline.restart(5)
+        clock.advance(5)
+        self.assertEqual(expired, [15.0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted_rp.http.accesslog import refused_record
 from twisted_rp.http.backend import BackendConnection, BackendConnections
 from twisted_rp.http.exchange import Exchange
-from twisted_rp.http.flow import Valve
+from twisted_rp.http.flow import Deadline, Valve
 from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
     ErrorResponse,
@@ -74,9 +74,10 @@ class HTTPProxyProtocol(Protocol):
         self._state = _HEAD
         self._buffer = b""
         self._paused: set[str] = set()
-        self._timer: IDelayedCall | None = None
-        # When the timer is due to fire, and when the current phase times out.
-        self._timer_at = self._deadline = 0.0
+        # One timer serves every phase; _timed_out asks the state which timeout it was.
+        timer = Deadline(self.clock, self._timed_out)
+        self.restart_timer = timer.restart
+        self.stop_timer = timer.stop
         self._head_started = False
         self._reading_heads = False
         # The last Host value and its host name (most connections send one Host).
@@ -397,36 +398,7 @@ class HTTPProxyProtocol(Protocol):
             if not self._paused and self._state != _CLOSED:
                 self.transport.resumeProducing()
 
-    def restart_timer(self, seconds: float) -> None:
-        """(Re)arm the connection's one timer; C{_timed_out} decides what expired."""
-        deadline = self._deadline = self.clock.seconds() + seconds
-        # Most restarts move the deadline later: only noted, the timer re-arms itself for
-        # what is left when it fires (two restarts per request would otherwise reschedule).
-        timer = self._timer
-        if timer is None:
-            self._timer_at = deadline
-            self._timer = self.clock.callLater(seconds, self._timer_fired)
-        elif deadline < self._timer_at:
-            # _timer is None whenever it is not pending, so reset() is always legal here.
-            self._timer_at = deadline
-            timer.reset(seconds)
-
-    def stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        left = self._deadline - self.clock.seconds()
-        if left > 0:
-            self._timer_at = self._deadline
-            self._timer = self.clock.callLater(left, self._timer_fired)
-        else:
-            self._timed_out()
-
     def _timed_out(self) -> None:
-        # One timer serves every phase; the state says which timeout it was.
         state = self._state
         exchange = self.exchange
         if state == _HEAD:
