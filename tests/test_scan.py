@@ -141,7 +141,6 @@ class ResponseScanTests(SynchronousTestCase):
                 simple = scan_response(raw, method, 100)
                 assert simple is not None, raw
                 expected = parse_response_head(raw, 100)
-                expected_info = analyze_response(method, expected)
                 head, info = simple.parsed()
                 self.assertEqual(
                     (head.version, head.status, head.reason, head.headers.raw),
@@ -153,7 +152,13 @@ class ResponseScanTests(SynchronousTestCase):
                     ),
                     raw,
                 )
-                self.assertEqual(info, expected_info, raw)
+                # (Analysing splits the general head's fields.)
+                expected_info = analyze_response(method, expected)
+                self.assertEqual(
+                    (info.framing, info.connection),
+                    (expected_info.framing, expected_info.connection),
+                    raw,
+                )
                 body = expected_info.framing.length if expected_info.framing.kind != "none" else 0
                 self.assertEqual(simple.length, body, raw)
 

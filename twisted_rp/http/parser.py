@@ -449,11 +449,6 @@ _REQUEST_FRAMING_RE = re.compile(
     rb"\r\n(?:content-length|transfer-encoding|connection|expect|upgrade):"
 )
 _HOST_FIELD_RE = re.compile(rb"\r\nhost:")
-_RESPONSE_FIELD_RE = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
-    rb"|te|trailer|upgrade):"
-)
-_DIGITS_RE = re.compile(rb"[0-9]{1,18}")
 
 
 def analyze_request(head: RequestHead) -> RequestInfo:
@@ -499,11 +494,11 @@ def analyze_request(head: RequestHead) -> RequestInfo:
 @define(slots=True)
 class ResponseInfo:
     """
-    The framing of a response, its C{Connection} tokens and, on the fast path, how to make
-    its raw field block fit for the client.
+    The framing of a response, its C{Connection} tokens and, for a head read by
+    L{twisted_rp.http.scan.scan_response}, how to make its raw field block fit for the client.
 
-    @ivar cut: on the fast path, the C{(start, end)} span of the raw block to remove (the
-        C{Connection} field) or C{(0, 0)}; L{None} when the fields were split.
+    @ivar cut: the C{(start, end)} span of the raw block to remove (the C{Connection} field)
+        or C{(0, 0)}; L{None} for a head the general parser read.
     """
 
     framing: Framing
@@ -519,11 +514,6 @@ def analyze_response(request_method: bytes, head: ResponseHead) -> ResponseInfo:
     The framing of a response (as L{response_framing}) and its C{Connection} tokens, in one
     pass over the fields.
     """
-    raw = head.headers.raw
-    if raw is not None:
-        info = _analyze_raw_response(request_method, head, raw)
-        if info is not None:
-            return info
     found: list[list[bytes]] = [[], [], []]
     interesting = _RESPONSE_FIELDS.get
     for field in head.headers.fields:
@@ -533,44 +523,3 @@ def analyze_response(request_method: bytes, head: ResponseHead) -> ResponseInfo:
     lengths, encodings, connection = found
     framing = _response_framing(request_method, head, encodings, lengths)
     return ResponseInfo(framing, _tokens(connection) if connection else [])
-
-
-def _analyze_raw_response(
-    request_method: bytes, head: ResponseHead, raw: bytes
-) -> ResponseInfo | None:
-    """
-    The fast path for the common response: one plain Content-Length and at most one
-    C{Connection: keep-alive} or C{close}.  L{None} for anything else.
-    """
-    length: bytes | None = None
-    cut = (0, 0)
-    connection: list[bytes] = []
-    # Offsets in CRLF + block are those in the block plus 2.
-    for match in _RESPONSE_FIELD_RE.finditer(b"\r\n" + raw.lower()):
-        name = match.group(1)
-        value_start = match.end() - 2
-        end = raw.find(b"\r\n", value_start)
-        if end < 0:
-            end = len(raw)
-        value = raw[value_start:end].strip(_OWS)
-        if name == b"content-length" and length is None and _DIGITS_RE.fullmatch(value):
-            length = value
-        elif name == b"connection" and not connection:
-            token = value.lower()
-            if token not in (b"keep-alive", b"close"):
-                return None
-            connection = [token]
-            # The field's line starts at match.start() in the block; remove it with one of
-            # its CRLFs (the one before it, unless it is the first line).
-            start = match.start()
-            cut = (start - 2, end) if start else (0, min(end + 2, len(raw)))
-        else:
-            return None
-    if length is None:
-        return None
-    status = head.status
-    if request_method == b"HEAD" or status < 200 or status in (204, 304):
-        framing = _NO_BODY
-    else:
-        framing = _length_framing(int(length))
-    return ResponseInfo(framing, connection, cut)
