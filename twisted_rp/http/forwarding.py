@@ -143,6 +143,7 @@ class RequestForwarding:
         keep: frozenset[bytes] = frozenset(),
         lowered: bytes | None = None,
         cache: dict[bytes | None, bytes] | None = None,
+        plain: bool = False,
     ) -> str:
         """
         Rewrite request C{headers} for the backend: drop hop-by-hop fields (and those named in
@@ -155,6 +156,7 @@ class RequestForwarding:
             split.
         @param cache: where one client connection keeps the fields it added, by host: they
             depend only on the connection and the host, except for the request id.
+        @param plain: C{lowered} is known to have none of the L{needs_fields}.
         @return: the request id (the client's if it sent a valid one, else a new one), or
             C{""} when the policy adds none.
         """
@@ -165,9 +167,9 @@ class RequestForwarding:
             and lowered is not None
             and not connection
             and not keep
-            and self._needs_fields.search(lowered) is None
+            and (plain or self._needs_fields.search(lowered) is None)
         ):
-            return self.append(headers, client_ip, scheme, host, local_port, cache)
+            return self._append(headers, client_ip, scheme, host, local_port, cache)
         trusted = policy.trusts(client_ip)
         drop = self._drop
         if connection:
@@ -231,7 +233,7 @@ class RequestForwarding:
         headers.fields = kept
         return request_id
 
-    def append(
+    def _append(
         self,
         headers: Headers,
         client_ip: str,

@@ -516,11 +516,8 @@ class HTTPProxyFactory(Factory):
         self.forwarding = RequestForwarding.from_policy(settings.headers)
         self.client_cert_headers = client_cert_headers
         #: Whether a request no route hook acts on may skip the request hooks: not when a
-        #: subclass rewrites requests or certificate fields are added.
-        self.plain_requests = (
-            type(self).rewrite_request is HTTPProxyFactory.rewrite_request
-            and not client_cert_headers
-        )
+        #: subclass rewrites requests.
+        self.plain_requests = type(self).rewrite_request is HTTPProxyFactory.rewrite_request
         self.hsts = hsts.encode("latin-1") if hsts else None
         self.connections = connections or BackendConnections(
             reactor, reactor, settings.timeouts, settings.limits, send_now

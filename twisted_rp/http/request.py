@@ -70,26 +70,17 @@ class RequestSide:
                     return
         route = self.route
         info = self.info
-        lowered = info.lowered
-        if info.plain and lowered is not None:
-            triggers = route.request_triggers
-            front = self.front
-            if triggers is not None and not triggers(lowered) and front.factory.plain_requests:
-                # No hook would act on this request: add the forwarding fields and go.
-                request = self.request
-                request.request_id = front.forwarding.append(
-                    self.head.headers,
-                    request.client_ip,
-                    request.scheme,
-                    info.host,
-                    front.local_port,
-                    front.forwarding_cache,
-                )
-                if route.strip_prefix:
-                    self.head.target = route.backend_path(self.head.target)
-                self._pick()
-                return
-        if route.authenticators:
+        triggers = route.request_triggers
+        if (
+            info.plain
+            and info.lowered is not None
+            and triggers is not None
+            and not triggers(info.lowered)
+            and self.front.factory.plain_requests
+        ):
+            # No hook would act on this request.
+            self._prepare(hooks=False)
+        elif route.authenticators:
             self._authenticate(0)
         else:
             self._prepare()
@@ -125,7 +116,11 @@ class RequestSide:
         if not self.finished:
             self.fail(500, "authentication failed")
 
-    def _prepare(self) -> None:
+    def _prepare(self, hooks: bool = True) -> None:
+        """
+        Add the forwarding and framing fields, then run the request rewriters (unless not
+        C{hooks}), and pick a backend.
+        """
         front = self.front
         head = self.head
         headers = head.headers
@@ -140,6 +135,7 @@ class RequestSide:
             _UPGRADE if self.upgrade is not None else _NOTHING,
             self.info.lowered,
             front.forwarding_cache,
+            plain=self.info.plain,
         )
         if front.factory.client_cert_headers:
             for name, value in front.client_cert_fields():
@@ -154,6 +150,9 @@ class RequestSide:
         route = self.route
         if route.strip_prefix:
             head.target = route.backend_path(head.target)
+        if not hooks:
+            self._pick()
+            return
         try:
             for rewriter in route.request_rewriters:
                 rewriter.rewrite_request(request)
