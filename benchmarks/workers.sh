@@ -12,19 +12,7 @@
 # BENCH_ONLY=direct,twisted_rp-1,twisted_rp-2,twisted_rp-2-cpu0 adds two workers both kept on
 # CPU 0, which shows what running as workers costs on one core.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/.." && pwd)
-bench=${BENCH_DIR:-$repo/../shared/bench}
-venv=${BENCH_VENV:-/tmp/benchvenv}
-if [ ! -f "$bench/bench.py" ]; then
-    echo "no benchmark harness at $bench (set BENCH_DIR)" >&2
-    exit 2
-fi
-if ! command -v wrk >/dev/null || [ ! -x "$venv/bin/python" ]; then
-    BENCH_VENV=$venv sh "$bench/setup.sh"
-fi
-# A normal (not editable) install: twistd must find twisted/plugins/twisted_rp_plugin.py.
-"$venv/bin/pip" install --quiet "$repo"
+. "$(dirname "$0")/harness.sh"
 out=${BENCH_OUT:-/tmp/proxybench-results/workers-$(date +%Y%m%d-%H%M%S)}
 quick='reverseproxy --listen tcp:{port}:interface={host} --backend {backend_url}'
 status=0
