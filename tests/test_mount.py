@@ -55,6 +55,15 @@ class BrandedResource(ProxyResource):
         return ErrorResponse(status, body, Headers.of((b"Content-Type", b"text/html")))
 
 
+class MisreportingResource(ProxyResource):
+    """Error pages that would misreport the status, or fail."""
+
+    def error_response(self, request: Request, status: int, detail: str) -> ErrorResponse:
+        if status == 503:
+            raise RuntimeError("broken page")
+        return ErrorResponse(200, b"all fine")
+
+
 class CookieSetter(Resource):
     """A backend answering its name, with a cookie of its own."""
 
@@ -411,6 +420,26 @@ class MountTests(TestCase):
             self.assertTrue(out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), out)
             self.assertIn(b"content-type: text/html\r\n", out.lower())
             self.assertTrue(out.endswith(b"\r\n\r\n<h1>Sorry (502)</h1>"), out)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_broken_error_page(self) -> Deferred[None]:
+        """
+        An error page that raises or answers another status is replaced by the default one.
+        """
+
+        async def run() -> None:
+            dead = await self.dead_port()
+            port, pool, _ = await self.site(
+                [Backend("dead", "127.0.0.1", dead)], resource_class=MisreportingResource
+            )
+            _, out, _ = await self.curl("-i", f"http://127.0.0.1:{port}/legacy/")
+            self.assertTrue(out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), out)
+            self.assertTrue(out.endswith(b"\r\n\r\n502 Bad Gateway\n"), out)
+            pool.set_admin_state("dead", "disabled")
+            _, out, _ = await self.curl("-i", f"http://127.0.0.1:{port}/legacy/")
+            self.assertTrue(out.endswith(b"\r\n\r\n503 Service Unavailable\n"), out)
+            self.flushLoggedErrors(RuntimeError, ValueError)
 
         return Deferred.fromCoroutine(run())
 

@@ -7,12 +7,13 @@ their order, and the case a name arrived in; lookups are case-insensitive.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 from typing import Any
 
 from attrs import define, field
+from twisted.logger import Logger
 
 from twisted_rp.pool.sticky import request_cookie
 
@@ -344,3 +345,24 @@ class AccessRecord:
     user: str | None = None
     tls_version: str | None = None
     tls_cipher: str | None = None
+
+
+def checked_error_page(
+    make: Callable[[int, str], ErrorResponse],
+    default: Callable[[int, str], ErrorResponse],
+    status: int,
+    detail: str,
+    log: Logger,
+) -> ErrorResponse:
+    """
+    The page C{make} (an overridable C{error_response}) makes for an error; C{default}'s if
+    it raises or answers another status, which would misreport the error to the client.
+    """
+    try:
+        page = make(status, detail)
+        if page.status != status:
+            raise ValueError(f"error_response answered {page.status} for {status}")
+    except Exception:
+        log.failure("error_response failed; sending the default page")
+        page = default(status, detail)
+    return page

@@ -40,7 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from twisted_rp.http.forwarding import CLIENT_CERT_FIELDS, HOP_BY_HOP
-from twisted_rp.http.message import IDEMPOTENT, ErrorResponse, reason_phrase
+from twisted_rp.http.message import IDEMPOTENT, ErrorResponse, checked_error_page, reason_phrase
 from twisted_rp.http.routing import host_name
 from twisted_rp.interfaces import IBackendPool
 from twisted_rp.pool.backend import (
@@ -432,13 +432,13 @@ class _Forward:
             return
         request = self.request
         resource = self.resource
-        try:
-            page = resource.error_response(request, status, detail)
-            if page.status != status:
-                raise ValueError(f"error_response answered {page.status} for {status}")
-        except Exception:
-            self._log.failure("error_response failed; sending the default page")
-            page = ProxyResource.error_response(resource, request, status, detail)
+        page = checked_error_page(
+            lambda status, detail: resource.error_response(request, status, detail),
+            lambda status, detail: ProxyResource.error_response(resource, request, status, detail),
+            status,
+            detail,
+            self._log,
+        )
         request.setResponseCode(status, reason_phrase(status))
         if self.head_copied:
             # The backend's fields (cookies, caching) do not belong on the proxy's page.

@@ -24,6 +24,7 @@ from twisted_rp.http.message import (
     HTTPError,
     ProxyRequest,
     RequestHead,
+    checked_error_page,
     reason_phrase,
 )
 from twisted_rp.http.parser import (
@@ -363,13 +364,15 @@ class HTTPProxyProtocol(Protocol):
         fails or changes the status.
         """
         factory = self.factory
-        try:
-            response = factory.error_response(request, status, detail)
-            if response.status != status:
-                raise ValueError(f"error_response answered {response.status} for {status}")
-        except Exception:
-            self._log.failure("error_response failed; sending the default page")
-            response = HTTPProxyFactory.error_response(factory, request, status, detail)
+        response = checked_error_page(
+            lambda status, detail: factory.error_response(request, status, detail),
+            lambda status, detail: HTTPProxyFactory.error_response(
+                factory, request, status, detail
+            ),
+            status,
+            detail,
+            self._log,
+        )
         self.write_response(response, keep_alive)
 
     def write_response(self, response: ErrorResponse, keep_alive: bool) -> None:
