@@ -69,6 +69,7 @@ SIMPLE_RESPONSES = [
     b"HTTP/1.1 204 No Content\r\nContent-Length: 12",
     b"HTTP/1.1 304 Not Modified\r\nETag: x\r\nContent-Length: 12",
     b"HTTP/1.1 500 \r\nContent-Length: 2",
+    b"HTTP/1.1 200 OK\r\nConnection:  Close \t\r\nContent-Length: 000000000000000003",
 ]
 
 OTHER_RESPONSES = [
@@ -81,6 +82,9 @@ OTHER_RESPONSES = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789",
+    b"HTTP/1.1 200 OK\r\nContent-Length: ",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: upgrade",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive, x-y",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\nConnection: close",

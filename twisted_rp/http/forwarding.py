@@ -70,7 +70,7 @@ def new_request_id() -> str:
     Ids must be unique, not secret: the C{random} module's generator (seeded from the
     system's, and again in a forked child) saves a system call per request.
     """
-    return f"{getrandbits(128):032x}"
+    return getrandbits(128).to_bytes(16, "big").hex()
 
 
 def _forwarded_node(ip: str) -> bytes:
@@ -143,7 +143,6 @@ class RequestForwarding:
         keep: frozenset[bytes] = frozenset(),
         lowered: bytes | None = None,
         cache: dict[bytes | None, bytes] | None = None,
-        plain: bool = False,
     ) -> str:
         """
         Rewrite request C{headers} for the backend: drop hop-by-hop fields (and those named in
@@ -156,7 +155,6 @@ class RequestForwarding:
             split.
         @param cache: where one client connection keeps the fields it added, by host: they
             depend only on the connection and the host, except for the request id.
-        @param plain: C{lowered} is known to have none of the L{needs_fields}.
         @return: the request id (the client's if it sent a valid one, else a new one), or
             C{""} when the policy adds none.
         """
@@ -167,9 +165,9 @@ class RequestForwarding:
             and lowered is not None
             and not connection
             and not keep
-            and (plain or self._needs_fields.search(lowered) is None)
+            and self._needs_fields.search(lowered) is None
         ):
-            return self._append(headers, client_ip, scheme, host, local_port, cache)
+            return self.append(headers, client_ip, scheme, host, local_port, cache)
         trusted = policy.trusts(client_ip)
         drop = self._drop
         if connection:
@@ -233,7 +231,7 @@ class RequestForwarding:
         headers.fields = kept
         return request_id
 
-    def _append(
+    def append(
         self,
         headers: Headers,
         client_ip: str,
@@ -244,7 +242,8 @@ class RequestForwarding:
     ) -> str:
         """
         L{apply} for unsplit C{headers} known to have none of the fields it removes or merges
-        (L{needs_fields}): the forwarding fields are appended to the block as it came.
+        (L{needs_fields}) and no C{Connection} field: the forwarding fields are appended to
+        the block as it came.
         """
         block = cache.get(host) if cache is not None else None
         if block is None:

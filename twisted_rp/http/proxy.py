@@ -64,6 +64,7 @@ class HTTPProxyProtocol(Protocol):
         self.access_log = factory.access_log
         self.request_observers = factory.request_observers
         self.forwarding = factory.forwarding
+        self._needs_fields = factory.forwarding.needs_fields
         self.forwarding_cache: dict[bytes | None, bytes] = {}
         self.client_full = False
         self.closing = False
@@ -177,9 +178,7 @@ class HTTPProxyProtocol(Protocol):
 
     def _start_exchange(self, raw: bytes) -> None:
         limits = self.settings.limits
-        scanned = scan_request(
-            raw, self.forwarding.needs_fields, limits.max_request_line, limits.max_headers
-        )
+        scanned = scan_request(raw, self._needs_fields, limits.max_request_line, limits.max_headers)
         if scanned is None:
             self._start_general(raw)
             return

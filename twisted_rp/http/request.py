@@ -125,18 +125,30 @@ class RequestSide:
         head = self.head
         headers = head.headers
         request = self.request
-        request.request_id = front.forwarding.apply(
-            headers,
-            self.info.connection,
-            request.client_ip,
-            request.scheme,
-            self.info.host,
-            front.local_port,
-            _UPGRADE if self.upgrade is not None else _NOTHING,
-            self.info.lowered,
-            front.forwarding_cache,
-            plain=self.info.plain,
-        )
+        info = self.info
+        if info.plain and headers.raw is not None:
+            # A simple head (scan_request) without any field forwarding removes or merges,
+            # that no authenticator changed: the forwarding fields go after its fields.
+            request.request_id = front.forwarding.append(
+                headers,
+                request.client_ip,
+                request.scheme,
+                info.host,
+                front.local_port,
+                front.forwarding_cache,
+            )
+        else:
+            request.request_id = front.forwarding.apply(
+                headers,
+                info.connection,
+                request.client_ip,
+                request.scheme,
+                info.host,
+                front.local_port,
+                _UPGRADE if self.upgrade is not None else _NOTHING,
+                info.lowered,
+                front.forwarding_cache,
+            )
         if front.factory.client_cert_headers:
             for name, value in front.client_cert_fields():
                 headers.add(name, value)

@@ -42,21 +42,19 @@ _SIMPLE_RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([2-5][0-9][0-9])(?: (" + _VALUE_CHARS + rb"*))?\r\n(" + _FIELDS + rb")"
 ).fullmatch
 
-#: Response fields that take the general path: hop-by-hop ones other than a plain
-#: C{Connection}, and other framing.
-_RESPONSE_OTHER = re.compile(
-    rb"\r\n(?:transfer-encoding|keep-alive|proxy-connection|te|trailer|upgrade):"
-).search
-
-#: A plain Content-Length value and a keep-alive or close Connection, in CRLF + the
-#: lower-cased block: the whole value, with optional whitespace around it.
-_LENGTH_VALUE = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*(?=\r\n|\Z)").search
-_CONNECTION_VALUE = re.compile(rb"\r\nconnection:[ \t]*(keep-alive|close)[ \t]*(?=\r\n|\Z)").search
+#: The response fields the scanner reads, with their values: framing and hop-by-hop ones, in
+#: CRLF + the lower-cased block.  Only one Content-Length and at most one Connection (both
+#: checked below) keep a head on the simple path.
+_RESPONSE_FIELDS = re.compile(
+    rb"\r\n(content-length|connection|transfer-encoding|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade):([^\r\n]*)"
+).findall
 
 _OWS = b" \t"
 _BODILESS_STATUS = frozenset({204, 304})
+_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close"})
+_NO_CUT = (0, 0)
 _HOST_KEY = b"\r\nhost:"
-_LENGTH_KEY = b"\r\ncontent-length:"
 _CONNECTION_KEY = b"\r\nconnection:"
 
 
@@ -82,7 +80,7 @@ def scan_request(
     if match.start(3) - 2 > max_request_line or method == b"CONNECT":
         return None
     lowered = b"\r\n" + block.lower()
-    if special.search(lowered) is not None or lowered.count(b"\r\n") > max_fields:
+    if special.search(lowered) is not None or _too_many_fields(lowered, max_fields):
         return None
     start = lowered.find(_HOST_KEY)
     if start < 0 or lowered.find(_HOST_KEY, start + 7) >= 0:
@@ -110,28 +108,42 @@ def scan_response(head: bytes, method: bytes, max_fields: int) -> SimpleResponse
         return None
     minor, status_text, reason, block = match.groups()
     lowered = b"\r\n" + block.lower()
-    if _RESPONSE_OTHER(lowered) is not None or lowered.count(b"\r\n") > max_fields:
-        return None
-    length = _LENGTH_VALUE(lowered)
-    if length is None or lowered.count(_LENGTH_KEY) != 1:
-        return None
+    length = -1
     token = b""
-    cut = (0, 0)
-    connection = _CONNECTION_VALUE(lowered)
-    if connection is not None:
-        if lowered.count(_CONNECTION_KEY) != 1:
+    # One pass finds every field that matters here; most heads have two.
+    for name, value in _RESPONSE_FIELDS(lowered):
+        value = value.strip(_OWS)
+        if name == b"content-length":
+            if length >= 0 or len(value) > 18 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"connection" and not token and value in _CONNECTION_TOKENS:
+            token = value
+        else:
             return None
-        token = connection.group(1)
+    if length < 0 or _too_many_fields(lowered, max_fields):
+        return None
+    cut = _NO_CUT
+    if token:
         # In the block, the field's line runs from start - 2 to end - 2; remove it with one
         # of its CRLFs (the one before it, unless it is the first line).
-        start, end = connection.span()
+        start = lowered.find(_CONNECTION_KEY)
+        end = lowered.find(b"\r\n", start + 2)
+        if end < 0:
+            end = len(lowered)
         cut = (start - 2, end - 2) if start else (0, min(end, len(block)))
-    elif _CONNECTION_KEY in lowered:
-        return None
     status = int(status_text)
-    body = 0 if method == b"HEAD" or status in _BODILESS_STATUS else int(length.group(1))
+    body = 0 if method == b"HEAD" or status in _BODILESS_STATUS else length
     version = b"HTTP/1.1" if minor == b"1" else b"HTTP/1.0"
-    return SimpleResponse(version, status, reason or b"", block, lowered, body, cut, token)
+    return _new_simple(
+        SimpleResponse, (version, status, reason or b"", block, lowered, body, cut, token)
+    )
+
+
+def _too_many_fields(lowered: bytes, max_fields: int) -> bool:
+    """Whether CRLF + a lower-cased field block has more than C{max_fields} fields."""
+    # A field line is at least two bytes ("a:") after its CRLF: a short block needs no count.
+    return len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields
 
 
 class SimpleResponse(NamedTuple):
@@ -162,3 +174,7 @@ class SimpleResponse(NamedTuple):
             ResponseHead(self.version, self.status, self.reason, Headers.from_block(self.fields)),
             ResponseInfo(framing, [self.connection] if self.connection else [], self.cut),
         )
+
+
+# A NamedTuple's own constructor is a Python function; the scanner fills all fields at once.
+_new_simple = tuple.__new__

@@ -86,7 +86,9 @@ class StickyResponse:
         """Add a C{Set-Cookie} field with C{value} to the response; ignored without headers."""
 
 
-@frozen
+# Not slotted: a frozen slotted attrs class sets each field through object.__setattr__, which
+# makes the one context of every request several times dearer to build (benchmarks/).
+@frozen(slots=False)
 class PickContext:
     """
     What a protocol knows of a client and its request when it asks a pool for a backend.
@@ -110,7 +112,7 @@ class PickContext:
 FAILED_KINDS = frozenset({"connect_failed", "timeout", "bad_response", "server_error"})
 
 
-@frozen
+@frozen(slots=False)
 class Outcome:
     """
     How one use of a backend ended, reported to the pool when a lease is released.
