@@ -125,6 +125,27 @@ class PathTests(SynchronousTestCase):
         self.assertTrue(route("root").path_matches("/anything/at/all"))
 
 
+class RouteTargetTests(SynchronousTestCase):
+    def test_agrees_with_route(self) -> None:
+        """Routing by target (the path read only when it matters) chooses as by path."""
+        router = Router(
+            [
+                route("any"),
+                route("any-api", prefix="/api"),
+                route("exact", ("www.example.com",)),
+                route("exact-static", ("static.example.com",), prefix="/s"),
+                route("wildcard", ("*.example.com",), prefix="/w"),
+            ]
+        )
+        hosts = ["www.example.com", "static.example.com", "a.example.com", "other.org"]
+        targets = [b"/", b"/api", b"/api/x?y=1", b"/s/x", b"/w", b"/w?q", b"/apiary", b"*"]
+        for host in hosts:
+            for target in targets:
+                path = target.split(b"?")[0].decode()
+                expected = router.route(host, path)
+                self.assertIs(router.route_target(host, target), expected, (host, target))
+
+
 class StripPrefixTests(SynchronousTestCase):
     def test_strips_prefix(self) -> None:
         api = route("api", prefix="/api", strip_prefix=True)

@@ -437,7 +437,8 @@ class Exchange(RequestSide, ResponseHeads):
         self.finished = True
         connection = self.connection
         if connection is not None:
-            self._unregister_body_producer()
+            if self.body_producer:
+                self._unregister_body_producer()
             self.connection = None
             if self.front.client_full and connection.transport is not None:
                 connection.transport.resumeProducing()

@@ -35,7 +35,7 @@ from twisted_rp.http.parser import (
     parse_request_head,
     split_absolute_target,
 )
-from twisted_rp.http.routing import Route, Router, host_name, request_path
+from twisted_rp.http.routing import Route, Router, host_name
 from twisted_rp.http.scan import scan_request
 from twisted_rp.interfaces import IAccessLog, IRequestObserver
 from twisted_rp.pool.backend import Lease, PickContext
@@ -59,6 +59,10 @@ class HTTPProxyProtocol(Protocol):
     def __init__(self, factory: HTTPProxyFactory) -> None:
         self.factory = factory
         self.settings = factory.settings
+        limits = factory.settings.limits
+        self._max_head = limits.max_header_bytes
+        self._max_line = limits.max_request_line
+        self._max_fields = limits.max_headers
         self.clock = factory.clock
         self.connections = factory.connections
         self.access_log = factory.access_log
@@ -115,22 +119,22 @@ class HTTPProxyProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         state = self._state
-        if state == _BODY:
-            assert self.exchange is not None
-            self.exchange.client_body(data)
-        elif state == _TUNNEL:
-            assert self.exchange is not None and self.exchange.connection is not None
-            self.exchange.connection.write(data)
-        elif state == _HEAD:
+        if state == _HEAD:
             if not self._buffer and not self._reading_heads and data[:1] != b"\r":
                 # Most reads are one whole request head and nothing more.
                 end = data.find(b"\r\n\r\n")
-                if 0 < end == len(data) - 4 and end <= self.settings.limits.max_header_bytes:
+                if 0 < end == len(data) - 4 and end <= self._max_head:
                     self._state = _BUSY
                     self._start_exchange(data[:end])
                     return
             self._buffer = self._buffer + data if self._buffer else data
             self._read_heads()
+        elif state == _BODY:
+            assert self.exchange is not None
+            self.exchange.client_body(data)
+        elif state == _TUNNEL:
+            assert self.exchange is not None and self.exchange.connection is not None
+            self.exchange.connection.write(data)
         elif state == _BUSY:
             self._buffer += data
             if len(self._buffer) > self.settings.limits.max_header_bytes:
@@ -177,8 +181,7 @@ class HTTPProxyProtocol(Protocol):
             self._start_exchange(buffer[:end])
 
     def _start_exchange(self, raw: bytes) -> None:
-        limits = self.settings.limits
-        scanned = scan_request(raw, self._needs_fields, limits.max_request_line, limits.max_headers)
+        scanned = scan_request(raw, self._needs_fields, self._max_line, self._max_fields)
         if scanned is None:
             self._start_general(raw)
             return
@@ -320,7 +323,8 @@ class HTTPProxyProtocol(Protocol):
             return
         self._state = _HEAD
         self.restart_timer(self.settings.timeouts.client_keepalive)
-        self.resume_reading("pipeline")
+        if self._paused:
+            self.resume_reading("pipeline")
         if self._buffer:
             self._read_heads()
 
@@ -535,7 +539,7 @@ class HTTPProxyFactory(Factory):
         The route of C{request}, whose head is as the client sent it and C{host} the
         lower-cased host name; L{None} answers 404.  By default, C{self.router}'s choice.
         """
-        return self.router.route(request.host, request_path(request.head.target))
+        return self.router.route_target(request.host, request.head.target)
 
     def rewrite_request(self, request: ProxyRequest) -> ErrorResponse | None:
         """

@@ -256,27 +256,26 @@ class ResponseHeads:
         Answer with a complete simple response in one write, when no hook of the route
         would act on it; C{False} (nothing done) sends it the general way.
         """
+        _, status, reason, fields, lowered, _, cut, _ = simple
         route = self.route
-        status = simple.status
         triggers = route.response_triggers
         if (
             status == 401
             or triggers is None
-            or triggers(simple.lowered)
+            or triggers(lowered)
             or getattr(route.pool, "stickiness", None) is not None
         ):
             return False
         front = self.front
-        now = front.clock.seconds()
         self.response_started = True
         self.status = status
-        elapsed = self.backend_time = now - self.sent_at
-        fields = self._client_fields(simple.fields, simple.cut)
+        elapsed = self.backend_time = front.clock.seconds() - self.sent_at
+        fields = self._client_fields(fields, cut)
         self.bytes_sent = len(body)
         if fields:
-            data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (status, simple.reason, fields, body)
+            data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (status, reason, fields, body)
         else:
-            data = b"HTTP/1.1 %d %s\r\n\r\n%s" % (status, simple.reason, body)
+            data = b"HTTP/1.1 %d %s\r\n\r\n%s" % (status, reason, body)
         if self._out:
             # Informational heads read before it.
             self._out.append(data)

@@ -169,3 +169,11 @@ class Router:
             if route.path_matches(path):
                 return route
         return None
+
+    def route_target(self, host: str, target: bytes) -> Route | None:
+        """L{route} for an origin-form request target, whose path is read only if it matters."""
+        candidates = self._candidates(host)
+        if candidates and candidates[0].path_prefix == "/":
+            # The most specific route for the host takes every path.
+            return candidates[0]
+        return self.route(host, request_path(target))
