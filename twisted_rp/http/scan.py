@@ -125,9 +125,7 @@ def scan_response(head: bytes, method: bytes, max_fields: int) -> SimpleResponse
             token = value
         else:
             return None
-    if length < 0 or (
-        len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields
-    ):
+    if length < 0 or (len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields):
         return None
     cut = _NO_CUT
     if token:
