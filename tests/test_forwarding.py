@@ -40,7 +40,8 @@ def forward(
     block = b"\r\n".join(lines)
     headers = Headers.from_block(block)
     connection = Headers.from_block(block).tokens(b"connection")
-    lowered: bytes | None = block.lower()
+    # As the proxy has it: CRLF and the lower-cased block.
+    lowered: bytes | None = b"\r\n" + block.lower()
     if not raw:
         headers.fields  # noqa: B018 - splitting the block is the point
         lowered = None
@@ -414,6 +415,7 @@ class RawAndSplitPathTests(BothPathsTestCase):
     def test_same_result_when_merging(self) -> None:
         """Blocks with fields to merge or drop leave the fast path and still agree."""
         for block in (
+            (b"Via: 1.0 a", b"Host: h"),
             (b"Host: h", b"Via: 1.0 a"),
             (b"Host: h", b"Connection: close"),
             (b"Host: h", b"X-Request-ID: abc"),
