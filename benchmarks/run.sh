@@ -10,6 +10,10 @@
 set -eu
 . "$(dirname "$0")/harness.sh"
 only=${BENCH_ONLY:-direct,haproxy,twisted,twisted-l4,twisted_rp}
-exec "$bench/run.sh" --only "$only" \
+before=$(cpu0_times)
+status=0
+"$bench/run.sh" --only "$only" \
     --proxy 'twisted_rp=twistd -n --pidfile= reverseproxy --listen tcp:{port}:interface={host} --backend {backend_url}' \
-    "$@"
+    "$@" || status=$?
+report_steal "$before" "$(cpu0_times)"
+exit $status
