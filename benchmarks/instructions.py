@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,6 +157,8 @@ def main() -> None:
     )
     parser.add_argument("--python", default=sys.executable, help="the peers' interpreter")
     options = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
     commands = peers(options.python)
     names = options.only.split(",")
     unknown = set(names) - set(commands)
