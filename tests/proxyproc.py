@@ -139,6 +139,11 @@ class ProxyProcess(ProcessProtocol):
         return self.exit_reason is not None and self.exit_reason.check(ProcessDone) is not None
 
 
+#: What a twistd child started by L{TwistdProcess.launch} writes on stderr once its reactor runs.
+_RUNNING = "twisted_rp tests: reactor running"
+_RUNNING_LINE = _RUNNING.encode() + b"\n"
+
+
 class TwistdProcess(ProxyProcess):
     """
     C{twistd -n reverseproxy --config FILE} in a child process, as an operator runs it.
@@ -175,7 +180,14 @@ class TwistdProcess(ProxyProcess):
         process = cls(reactor)
         process.port = port
         env = dict(os.environ, PYTHONPATH=_REPO, PYTHONUNBUFFERED="1")
-        run = "from twisted.scripts.twistd import run; run()"
+        # Services listen before twistd's reactor runs, and until it does SIGTERM still kills
+        # the process outright: it is ready once the reactor (and its handlers) run.  (On
+        # file descriptor 2 itself: twistd logs what is written to sys.stderr.)
+        run = (
+            "import os; from twisted.internet import reactor; "
+            f"reactor.callWhenRunning(os.write, 2, {_RUNNING_LINE!r}); "
+            "from twisted.scripts.twistd import run; run()"
+        )
         argv = [sys.executable, "-c", run, *twistd_options, "-n", "--pidfile="]
         argv += ["reverseproxy", "--config", config_path]
         directory = os.path.dirname(os.path.abspath(config_path))
@@ -185,6 +197,12 @@ class TwistdProcess(ProxyProcess):
         while True:
             if process.exit_reason is not None:
                 raise RuntimeError(f"twistd exited:\n{process.log}\n{process.stderr}")
+            if _RUNNING not in process.stderr:
+                if reactor.seconds() > deadline:
+                    await process.stop()
+                    raise RuntimeError(f"twistd's reactor did not start:\n{process.log}")
+                await deferLater(reactor, 0.05)
+                continue
             try:
                 endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
                 probe = await connectProtocol(endpoint, Protocol())

@@ -142,22 +142,9 @@ class BackendConnection(Protocol):
 
     def _process(self, sink: ResponseSink, data: bytes) -> None:
         state = self._state
-        if state == _BODY:
-            assert self._decoder is not None
-            pieces, leftover = self._decoder.feed(data)
-            if pieces:
-                sink.on_response_body(pieces)
-            if leftover is not None:
-                self._finish(sink, leftover)
+        if state != _HEAD:
+            self._process_body(sink, state, data)
             return
-        if state == _CLOSE_DELIMITED:
-            sink.on_response_body([data])
-            return
-        if state == _TUNNEL:
-            sink.on_tunnel_data(data)
-            return
-        if state == _DONE:
-            raise HTTPError(502, "data after the end of the response")
         buffer = self._buffer + data if self._buffer else data
         while True:
             end = buffer.find(b"\r\n\r\n")
@@ -196,6 +183,21 @@ class BackendConnection(Protocol):
             self._buffer = b""
             self._response(sink, head, analyze_response(self._method, head), buffer)
             return
+
+    def _process_body(self, sink: ResponseSink, state: int, data: bytes) -> None:
+        if state == _BODY:
+            assert self._decoder is not None
+            pieces, leftover = self._decoder.feed(data)
+            if pieces:
+                sink.on_response_body(pieces)
+            if leftover is not None:
+                self._finish(sink, leftover)
+        elif state == _CLOSE_DELIMITED:
+            sink.on_response_body([data])
+        elif state == _TUNNEL:
+            sink.on_tunnel_data(data)
+        else:
+            raise HTTPError(502, "data after the end of the response")
 
     def _response(
         self, sink: ResponseSink, head: ResponseHead, info: ResponseInfo, buffer: bytes

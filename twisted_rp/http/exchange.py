@@ -211,7 +211,8 @@ class Exchange(RequestSide, ResponseHeads):
         self.sent_at = front.clock.seconds()
         if self.upgrade is not None or self.framing.kind == "none":
             connection.write(data)
-            self._request_sent()
+            # (_request_sent, for a request without a decoder.)
+            self.request_done = True
             return
         # Bytes that arrived while connecting: more body, or (after the body) the next request.
         pending = front.take_buffer()
