@@ -211,8 +211,7 @@ class Exchange(RequestSide, ResponseHeads):
         self.sent_at = front.clock.seconds()
         if self.upgrade is not None or self.framing.kind == "none":
             connection.write(data)
-            # (_request_sent, for a request without a decoder.)
-            self.request_done = True
+            self._request_sent()
             return
         # Bytes that arrived while connecting: more body, or (after the body) the next request.
         pending = front.take_buffer()

@@ -80,11 +80,7 @@ def scan_request(
     if match.start(3) - 2 > max_request_line or method == b"CONNECT":
         return None
     lowered = b"\r\n" + block.lower()
-    if special.search(lowered) is not None or (
-        # A field line is at least two bytes ("a:") after its CRLF: most blocks are too
-        # short to hold more than max_fields, and need no count.
-        len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields
-    ):
+    if special.search(lowered) is not None or _too_many_fields(lowered, max_fields):
         return None
     start = lowered.find(_HOST_KEY)
     if start < 0 or lowered.find(_HOST_KEY, start + 7) >= 0:
@@ -125,7 +121,7 @@ def scan_response(head: bytes, method: bytes, max_fields: int) -> SimpleResponse
             token = value
         else:
             return None
-    if length < 0 or (len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields):
+    if length < 0 or _too_many_fields(lowered, max_fields):
         return None
     cut = _NO_CUT
     if token:
@@ -142,6 +138,13 @@ def scan_response(head: bytes, method: bytes, max_fields: int) -> SimpleResponse
     return _new_simple(
         SimpleResponse, (version, status, reason or b"", block, lowered, body, cut, token)
     )
+
+
+def _too_many_fields(lowered: bytes, max_fields: int) -> bool:
+    """Whether CRLF + a lower-cased field block has more than C{max_fields} fields."""
+    # A field line is at least two bytes ("a:") after its CRLF: most blocks are too short to
+    # hold more than max_fields, and need no count.
+    return len(lowered) >= 4 * (max_fields + 1) and lowered.count(b"\r\n") > max_fields
 
 
 class SimpleResponse(NamedTuple):
