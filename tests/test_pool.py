@@ -27,6 +27,7 @@ from twisted_rp.pool import (
     RoundRobin,
     StickyResponse,
 )
+from twisted_rp.pool.balancers import HashBalancer
 
 CLIENT = PickContext("http", "10.0.0.1")
 OTHER_CLIENT = PickContext("http", "10.0.0.2")
@@ -1104,3 +1105,23 @@ class MembershipTests(PoolTestCase):
         pool.add_backend(Backend("d", "h", 4))
         self.fail_backend(pool, "b", 1)
         self.assertEqual([b.name for b in pool.usable()], ["c", "d"])
+
+
+class ReadsContextTests(SynchronousTestCase):
+    def test_built_in_balancers(self) -> None:
+        self.assertFalse(BackendPool("p", []).reads_context)
+        self.assertTrue(BackendPool("p", [], balancer=HashBalancer(lambda c: c.path)).reads_context)
+
+    def test_unknown_balancer_reads_it(self) -> None:
+        class Mine:
+            def choose(self, candidates: Any, context: PickContext) -> Any:
+                return candidates[0]
+
+        self.assertTrue(BackendPool("p", [], balancer=Mine()).reads_context)
+
+    def test_subclass_picking_its_own_way_reads_it(self) -> None:
+        class Mine(BackendPool):
+            def pick(self, context: PickContext) -> Lease:
+                return super().pick(context)  # type: ignore[return-value]
+
+        self.assertTrue(Mine("p", []).reads_context)

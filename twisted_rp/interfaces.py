@@ -71,6 +71,10 @@ class IBackendPool(Interface):
 class IBalancer(Interface):
     """
     Chooses one backend among those a pool considers usable.
+
+    A balancer whose C{choose} never reads C{context} may say so with a C{reads_context =
+    False} attribute (optional): protocols may then pass a blank context on a first try
+    (L{twisted_rp.pool.BackendPool.reads_context}).
     """
 
     def choose(candidates, context):  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from twisted_rp.pool.backend import (
     ADMIN_STATES,
+    BLANK_CONTEXT,
     Backend,
     Lease,
     NoBackendAvailable,
@@ -20,6 +21,7 @@ from twisted_rp.pool.pool import BackendPool, RoundRobin
 
 __all__ = [
     "ADMIN_STATES",
+    "BLANK_CONTEXT",
     "Backend",
     "BackendPool",
     "Lease",

@@ -29,7 +29,8 @@ class Backend:
     One server a pool can send traffic to, and its state.
 
     @ivar name: a stable identifier, unique in its pool (never shown to clients as an address).
-    @ivar max_connections: at most this many leases at once; 0 for no limit.
+    @ivar max_connections: at most this many leases at once; 0 for no limit.  Set it before
+        the backend joins a pool, which notes whether any of its backends has a limit.
     @ivar ports: service ports by protocol (C{{"http": 8080, "ftp": 21}}) for a server that
         several protocols share, so that its health and stickiness are shared too;
         L{port_for} falls back to C{port}.
@@ -108,6 +109,10 @@ class PickContext:
     #: Names of backends that already failed this request: a retry goes elsewhere if it can.
     avoid: frozenset[str] = frozenset()
 
+
+#: A context that describes no request: for a first try on a pool that does not read one
+#: (L{twisted_rp.pool.BackendPool.reads_context}).
+BLANK_CONTEXT = PickContext("", "")
 
 #: The outcomes for which the backend, not the client, is to blame.
 FAILED_KINDS = frozenset({"connect_failed", "timeout", "bad_response", "server_error"})

@@ -53,6 +53,9 @@ class RoundRobin:
     Each usable backend in turn, ignoring weights.
     """
 
+    #: choose() never looks at the request (L{BackendPool.reads_context}).
+    reads_context = False
+
     _next: int = 0
 
     def choose(self, candidates: Sequence[Backend], context: PickContext) -> Backend:
@@ -70,6 +73,9 @@ class WeightedRoundRobin:
     a tie) and subtracts the total weight from it.  Weights 5, 1, 1 give C{a a b a c a a}: the
     heavy backend's turns are spread out rather than taken in a burst.
     """
+
+    #: choose() never looks at the request (L{BackendPool.reads_context}).
+    reads_context = False
 
     _current: dict[str, float] = field(factory=dict, init=False)
 
@@ -100,6 +106,9 @@ class LeastConnections:
     load, when every backend is idle) are broken by smooth weighted round robin, as nginx
     does, so that weights still hold when there is no load to compare.
     """
+
+    #: choose() never looks at the request (L{BackendPool.reads_context}).
+    reads_context = False
 
     _tie_breaker: dict[str, float] = field(factory=dict, init=False)
 
@@ -149,6 +158,9 @@ class RandomTwoChoices:
 
     @ivar rng: the source of randomness; a seeded L{random.Random} makes picks reproducible.
     """
+
+    #: choose() never looks at the request (L{BackendPool.reads_context}).
+    reads_context = False
 
     rng: random.Random = field(default=None, converter=_own_rng)
 
@@ -212,6 +224,9 @@ class LeastTime:
     @ivar decay: the weight of each new observation in the average, in (0, 1]: higher forgets
         the past faster.
     """
+
+    #: choose() never looks at the request (L{BackendPool.reads_context}).
+    reads_context = False
 
     decay: float = 0.3
     _average: dict[str, float] = field(factory=dict, init=False)

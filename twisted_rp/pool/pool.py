@@ -153,6 +153,16 @@ class BackendPool:
     def balancer(self, balancer: IBalancer) -> None:
         self._balancer = balancer
         self._balancer_observe = getattr(balancer, "observe", None)
+        cls = type(self)
+        #: Whether L{pick} may look at what its L{PickContext} says of the request besides
+        #: C{avoid}; when not, and without C{stickiness}, a protocol may describe a first try
+        #: with L{BLANK_CONTEXT} and save making one per request.  A balancer tells by a
+        #: C{reads_context = False} attribute; a subclass overriding L{pick} reads it.
+        self.reads_context = (
+            getattr(balancer, "reads_context", True)
+            or cls.pick is not BackendPool.pick
+            or cls._select is not BackendPool._select
+        )
 
     @property
     def clock(self) -> IReactorTime:
@@ -185,6 +195,8 @@ class BackendPool:
         """
         if self._ejected or self._ramping:
             self._advance()
+        if self._unlimited:
+            return list(self._primaries or self._backups)
         candidates = [
             b for b in self._primaries if not b.max_connections or b.active < b.max_connections
         ]
@@ -465,6 +477,8 @@ class BackendPool:
         """Rebuild the eligible primaries and backups after a change."""
         self._primaries = tuple(b for b in self._backends if not b.backup and _eligible(b))
         self._backups = tuple(b for b in self._backends if b.backup and _eligible(b))
+        # Most pools set no max_connections: every eligible backend is usable.
+        self._unlimited = not any(b.max_connections for b in self._backends)
         self._next_ejection_end = min(
             (b.ejected_until for b in self._ejected), default=float("inf")
         )
