@@ -117,6 +117,14 @@ class RequestScanTests(SynchronousTestCase):
         for raw in OTHER_REQUESTS:
             self.assertIsNone(scan_request(raw, SPECIAL, 8192, 100), raw)
 
+    def test_a_host_vouched_for_is_not_checked_again(self) -> None:
+        raw = b"GET / HTTP/1.1\r\nHost: a b"
+        self.assertIsNone(scan_request(raw, SPECIAL, 8192, 100))
+        self.assertIsNone(scan_request(raw, SPECIAL, 8192, 100, b"a"))
+        scanned = scan_request(raw, SPECIAL, 8192, 100, b"a b")
+        assert scanned is not None
+        self.assertEqual(scanned[4], b"a b")
+
     def test_limits_are_left_to_the_general_path(self) -> None:
         raw = b"GET /" + b"a" * 20 + b" HTTP/1.1\r\nHost: a\r\nX: 1\r\nY: 2"
         # The request line is 34 bytes long; there are 3 fields.

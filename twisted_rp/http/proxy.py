@@ -87,7 +87,7 @@ class HTTPProxyProtocol(Protocol):
         self._head_started = False
         self._reading_heads = False
         # The last Host value and its host name (most connections send one Host).
-        self._authority: bytes | None = b""
+        self._authority: bytes | None = None
         self._host = ""
 
     def connectionMade(self) -> None:
@@ -181,7 +181,9 @@ class HTTPProxyProtocol(Protocol):
             self._start_exchange(buffer[:end])
 
     def _start_exchange(self, raw: bytes) -> None:
-        scanned = scan_request(raw, self._needs_fields, self._max_line, self._max_fields)
+        scanned = scan_request(
+            raw, self._needs_fields, self._max_line, self._max_fields, self._authority
+        )
         if scanned is None:
             self._start_general(raw)
             return

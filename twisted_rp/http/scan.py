@@ -59,7 +59,11 @@ _CONNECTION_KEY = b"\r\nconnection:"
 
 
 def scan_request(
-    head: bytes, special: re.Pattern[bytes], max_request_line: int, max_fields: int
+    head: bytes,
+    special: re.Pattern[bytes],
+    max_request_line: int,
+    max_fields: int,
+    valid_host: bytes | None = None,
 ) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
     """
     Recognise a simple request head.
@@ -69,6 +73,8 @@ def scan_request(
         takes the general path (framing, hop-by-hop, forwarding fields, ...).
     @param max_request_line: a longer request line takes the general path (which refuses it).
     @param max_fields: so does a head with more fields.
+    @param valid_host: a C{Host} value known to be valid (the connection's last one), which
+        need not be checked again.
     @return: C{(method, target, fields, lowered, host)}, where C{fields} is the raw field block,
         C{lowered} CRLF and that block lower-cased, and C{host} the one valid C{Host} value; or
         L{None} for any other head.
@@ -88,7 +94,7 @@ def scan_request(
     # Offsets in CRLF + block are those in the block plus 2.
     end = block.find(b"\r\n", start + 5)
     host = block[start + 5 : end if end >= 0 else len(block)].strip(_OWS)
-    if _SIMPLE_HOST(host) is None:
+    if host != valid_host and _SIMPLE_HOST(host) is None:
         return None
     return method, target, block, lowered, host
 
