@@ -245,19 +245,35 @@ class RequestForwarding:
         (L{needs_fields}) and no C{Connection} field: the forwarding fields are appended to
         the block as it came.
         """
+        raw = headers.raw
+        assert raw is not None
+        block, request_id = self.append_block(raw, client_ip, scheme, host, local_port, cache)
+        headers.replace_raw(block)
+        return request_id
+
+    def append_block(
+        self,
+        raw: bytes,
+        client_ip: str,
+        scheme: str,
+        host: bytes | None,
+        local_port: int,
+        cache: dict[bytes | None, bytes] | None = None,
+    ) -> tuple[bytes, str]:
+        """
+        L{append} for a raw field block: the block with the forwarding fields, and the
+        request id (C{""} when the policy adds none).
+        """
         block = cache.get(host) if cache is not None else None
         if block is None:
             block = self._forwarding_block(client_ip, scheme, host, local_port)
             if cache is not None and len(cache) < 8:
                 cache[host] = block
-        raw = headers.raw
-        assert raw is not None
         request_id = ""
         if self.policy.request_id:
             request_id = new_request_id()
             block += request_id.encode()
-        headers.replace_raw(raw + block if raw else block[2:])
-        return request_id
+        return (raw + block if raw else block[2:]), request_id
 
     def _forwarding_block(
         self, client_ip: str, scheme: str, host: bytes | None, local_port: int

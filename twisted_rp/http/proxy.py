@@ -194,8 +194,20 @@ class HTTPProxyProtocol(Protocol):
         else:
             host = self._host = host_name(authority)
             self._authority = authority
-        head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
         factory = self.factory
+        self.wants_keepalive = True
+        if factory.express:
+            route = factory.router.route_target(host, target)
+            if route is None:
+                self._start_general(raw)
+                return
+            triggers = route.request_triggers
+            if triggers is not None and self.bound is None and not triggers(lowered):
+                self.restart_timer(self.settings.timeouts.backend_first_byte)
+                exchange = self.exchange = Exchange.__new__(Exchange)
+                exchange.start_express(self, route, method, target, block, lowered, authority, host)
+                return
+        head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
         request = ProxyRequest(
             head, self.client_ip, self.client_port, factory.scheme, host, authority=authority
         )
@@ -203,7 +215,6 @@ class HTTPProxyProtocol(Protocol):
         if route is None:
             self._start_general(raw)
             return
-        self.wants_keepalive = True
         info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
         exchange = self.exchange = Exchange(self, head, info, route, request, None)
         self.restart_timer(self.settings.timeouts.backend_first_byte)
@@ -526,6 +537,15 @@ class HTTPProxyFactory(Factory):
         #: Whether a request no route hook acts on may skip the request hooks: not when a
         #: subclass rewrites requests.
         self.plain_requests = type(self).rewrite_request is HTTPProxyFactory.rewrite_request
+        #: Whether a simple request no hook acts on may take the express way
+        #: (L{Exchange.start_express}): not when a subclass overrides how requests are routed,
+        #: rewritten or sent to a backend.
+        self.express = (
+            self.plain_requests
+            and not client_cert_headers
+            and type(self).route_for is HTTPProxyFactory.route_for
+            and type(self).pick_backend is HTTPProxyFactory.pick_backend
+        )
         self.hsts = hsts.encode("latin-1") if hsts else None
         self.connections = connections or BackendConnections(
             reactor, reactor, settings.timeouts, settings.limits, send_now
