@@ -190,16 +190,20 @@ class RejectedRequestTests(ProxyTestCase):
     def test_invalid_host_port(self) -> None:
         self.assertBadRequest(request(b"GET / HTTP/1.1", b"Host: example.com:99999"))
 
-    def test_invalid_host_after_a_valid_one(self) -> None:
-        """The connection remembers its last valid Host; another one is checked again."""
-        harness = ProxyHarness()
-        client = harness.client()
-        client.send(get(b"/", b"example.com"))
-        harness.accept().answer(response(body=b"ok"))
-        client.take()
-        client.send(get(b"/", b"exa mple.com"))
-        self.assertEqual(parse_message(client.received()).start, b"HTTP/1.1 400 Bad Request")
-        self.assertEqual(harness.connect_attempts, 1)
+    def test_bad_heads_after_a_good_one(self) -> None:
+        """
+        A connection remembers its last valid Host and field block, not to read them again;
+        a new Host and the request line are always checked.
+        """
+        for bad in [get(b"/", b"exa mple.com"), get(b"/\x7f", b"example.com")]:
+            harness = ProxyHarness()
+            client = harness.client()
+            client.send(get(b"/", b"example.com"))
+            harness.accept().answer(response(body=b"ok"))
+            client.take()
+            client.send(bad)
+            self.assertEqual(parse_message(client.received()).start, b"HTTP/1.1 400 Bad Request")
+            self.assertEqual(harness.connect_attempts, 1)
 
     def test_request_line_too_long(self) -> None:
         harness = ProxyHarness(settings=ProxySettings(limits=Limits(max_request_line=100)))

@@ -125,6 +125,35 @@ class RequestScanTests(SynchronousTestCase):
         assert scanned is not None
         self.assertEqual(scanned[4], b"a b")
 
+    def test_a_repeated_field_block_reads_the_same(self) -> None:
+        """Given the previous request's reading, every head reads as it does without it."""
+        lines = [
+            b"GET /other?x=1 HTTP/1.1",
+            b"HEAD / HTTP/1.1",
+            b"CONNECT /x HTTP/1.1",
+            b"GET http://example.com/ HTTP/1.1",
+            b"GET / HTTP/1.0",
+            b"GET /\x7f HTTP/1.1",
+            b"GET / HTTP/1.1\r\nX: 1",
+            b"GET / HTTP/1.1\r\n folded",
+            b"GET / HTTP/1.1\r\nContent-Length: 3",
+            b"GET / HTTP/1.1\r\nHost: other",
+            b"GET /" + b"a" * 40 + b" HTTP/1.1",
+            b"",
+            b"\r\n",
+        ]
+        for before in SIMPLE_REQUESTS:
+            previous = scan_request(before, SPECIAL, 40, 100)
+            assert previous is not None
+            block = previous[2]
+            heads = [line + b"\r\n" + block for line in lines] + [line + block for line in lines]
+            for raw in SIMPLE_REQUESTS + OTHER_REQUESTS + heads:
+                self.assertEqual(
+                    scan_request(raw, SPECIAL, 40, 100, previous=previous),
+                    scan_request(raw, SPECIAL, 40, 100),
+                    (before, raw),
+                )
+
     def test_limits_are_left_to_the_general_path(self) -> None:
         raw = b"GET /" + b"a" * 20 + b" HTTP/1.1\r\nHost: a\r\nX: 1\r\nY: 2"
         # The request line is 34 bytes long; there are 3 fields.

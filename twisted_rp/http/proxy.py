@@ -89,6 +89,8 @@ class HTTPProxyProtocol(Protocol):
         # The last Host value and its host name (most connections send one Host).
         self._authority: bytes | None = None
         self._host = ""
+        # The last simple request head's reading (scan_request).
+        self._scanned: tuple[bytes, bytes, bytes, bytes, bytes] | None = None
 
     def connectionMade(self) -> None:
         self.factory.live.add(self)
@@ -182,11 +184,17 @@ class HTTPProxyProtocol(Protocol):
 
     def _start_exchange(self, raw: bytes) -> None:
         scanned = scan_request(
-            raw, self._needs_fields, self._max_line, self._max_fields, self._authority
+            raw,
+            self._needs_fields,
+            self._max_line,
+            self._max_fields,
+            self._authority,
+            self._scanned,
         )
         if scanned is None:
             self._start_general(raw)
             return
+        self._scanned = scanned
         # A simple request (scan_request): no body, no connection options, HTTP/1.1.
         method, target, block, lowered, authority = scanned
         if authority == self._authority:

@@ -26,10 +26,13 @@ from twisted_rp.http.parser import (
 
 _FIELDS = _FIELD_LINE + rb"(?:\r\n" + _FIELD_LINE + rb")*"
 
+_ORIGIN_FORM_LINE = rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1"
+
 #: An origin-form HTTP/1.1 request line and at least one field, all valid.
-_SIMPLE_REQUEST = re.compile(
-    rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1\r\n(" + _FIELDS + rb")"
-).fullmatch
+_SIMPLE_REQUEST = re.compile(_ORIGIN_FORM_LINE + rb"\r\n(" + _FIELDS + rb")").fullmatch
+
+#: Such a request line alone.
+_SIMPLE_REQUEST_LINE = re.compile(_ORIGIN_FORM_LINE).fullmatch
 
 #: A reg-name or IPv4 host with an optional port up to 65535 (IPv6 takes the general path).
 _SIMPLE_HOST = re.compile(
@@ -64,6 +67,7 @@ def scan_request(
     max_request_line: int,
     max_fields: int,
     valid_host: bytes | None = None,
+    previous: tuple[bytes, bytes, bytes, bytes, bytes] | None = None,
 ) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
     """
     Recognise a simple request head.
@@ -75,10 +79,25 @@ def scan_request(
     @param max_fields: so does a head with more fields.
     @param valid_host: a C{Host} value known to be valid (the connection's last one), which
         need not be checked again.
+    @param previous: what this function returned for the connection's previous request; when
+        the field block is the same (clients often send the same fields on one connection),
+        only the request line is read.
     @return: C{(method, target, fields, lowered, host)}, where C{fields} is the raw field block,
         C{lowered} CRLF and that block lower-cased, and C{host} the one valid C{Host} value; or
         L{None} for any other head.
     """
+    if previous is not None:
+        block = previous[2]
+        line_end = len(head) - len(block) - 2
+        # A valid line holds no CRLF: then the head is that line and the block, which the
+        # previous request proved simple.  (Otherwise, it may still be another simple head.)
+        if line_end > 0 and head.endswith(block) and head.startswith(b"\r\n", line_end):
+            line = _SIMPLE_REQUEST_LINE(head, 0, line_end)
+            if line is not None:
+                method, target = line.groups()
+                if line_end > max_request_line or method == b"CONNECT":
+                    return None
+                return method, target, block, previous[3], previous[4]
     match = _SIMPLE_REQUEST(head)
     if match is None:
         return None
