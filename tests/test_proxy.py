@@ -1300,6 +1300,24 @@ class ConnectionReuseTests(ProxyTestCase):
         self.assertEqual(harness.connect_attempts, 2)
         self.assertNotIn(b"/again", backend.received())
 
+    def test_same_response_head_to_get_then_head(self) -> None:
+        """A repeated response head is read again for a request whose method changes it."""
+        harness = ProxyHarness()
+        client = harness.client()
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        client.send(get(b"/1"))
+        backend = harness.accept()
+        backend.answer(head + b"hello")
+        self.assertEqual(parse_message(client.take()).body, b"hello")
+        client.send(request(b"HEAD /1 HTTP/1.1", b"Host: example.com"))
+        backend.answer(head)
+        message = parse_message(client.take())
+        self.assertEqual((message.get(b"Content-Length"), message.body), (b"5", b""))
+        client.send(get(b"/1"))
+        backend.answer(head + b"hello")
+        self.assertEqual(parse_message(client.take()).body, b"hello")
+        self.assertEqual(harness.connect_attempts, 1)
+
     def test_not_reused_after_error(self) -> None:
         harness = ProxyHarness()
         _, backend = harness.exchange(get(), b"HTTP/1.1 999 Nope\r\n\r\n")

@@ -86,6 +86,9 @@ class BackendConnection(Protocol):
         self.received_response_bytes = False
         self.idle_since = 0.0
         self._method = b"GET"
+        # The last simple response head, the method it answered, and its reading.
+        self._last_head = self._last_method = b""
+        self._last_simple: SimpleResponse | None = None
         self._state = _DONE
         self._buffer = b""
         self._decoder: ChunkedDecoder | LengthDecoder | None = None
@@ -153,7 +156,15 @@ class BackendConnection(Protocol):
                     raise HTTPError(502, "response head too large")
                 self._buffer = buffer
                 return
-            simple = scan_response(buffer[:end], self._method, _MAX_RESPONSE_HEADERS)
+            head_bytes = buffer[:end]
+            if head_bytes == self._last_head and self._method == self._last_method:
+                # Backends often send the same head again (within the second of its Date).
+                simple = self._last_simple
+            else:
+                simple = scan_response(head_bytes, self._method, _MAX_RESPONSE_HEADERS)
+                if simple is not None:
+                    self._last_head, self._last_method = head_bytes, self._method
+                    self._last_simple = simple
             if simple is not None:
                 buffer = buffer[end + 4 :]
                 self._buffer = b""
