@@ -28,8 +28,8 @@ class InMemoryTests(SynchronousTestCase):
     def test_each_exchange_is_answered_and_pools_the_connection(self) -> None:
         """The measured loop proxies whole exchanges (it checks the first one itself)."""
         module = load("inmemory")
-        for bare in (False, True):
-            one = module.one_exchange(bare)
+        for bare, vary in [(False, False), (True, False), (False, True)]:
+            one = module.one_exchange(bare, vary)
             for _ in range(3):
                 one()
 
