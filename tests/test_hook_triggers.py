@@ -13,7 +13,7 @@ from twisted_rp.config import RouteConfig
 from twisted_rp.http.message import ErrorResponse, ProxyRequest, ResponseHead
 from twisted_rp.http.routing import Route, hook_triggers
 from twisted_rp.interfaces import IAuthenticator, IRequestRewriter, IResponseRewriter
-from twisted_rp.pool import BackendPool
+from twisted_rp.pool import Backend, BackendPool
 from twisted_rp.service_routes import build_route
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -82,6 +82,30 @@ class TriggerTests(SynchronousTestCase):
         self.assertTrue(search(b"\r\nx: 1\r\nb-c: 2"))
         self.assertFalse(search(b"\r\nx: b-c:"))
         self.assertFalse(search(b"\r\nab: 1"))
+
+    def test_same_head_on_a_connection_two_routes_share(self) -> None:
+        """A head one route's hooks ignore is still shown to another route's hooks."""
+        hook = Recorder(b"x-secret")
+        pool = BackendPool("web", [Backend("b1", "127.0.0.1", 8001)])
+        routes = [
+            Route(pool, path_prefix="/plain"),
+            Route(pool, path_prefix="/hooked", response_rewriters=[hook]),
+        ]
+        harness = ProxyHarness(routes=routes)
+        client = harness.client()
+        head = b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nok"
+        client.send(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend = harness.accept()
+        for _ in range(2):
+            backend.answer(head)
+            self.assertIsNone(parse_message(client.take()).get(b"X-Seen"))
+            client.send(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend.answer(head)
+        client.take()
+        client.send(b"GET /hooked HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend.answer(head)
+        self.assertEqual(parse_message(client.take()).get(b"X-Seen"), b"1")
+        self.assertEqual((harness.connect_attempts, hook.calls), (1, ["response"]))
 
     def test_body_filters_always_run(self) -> None:
         route = Route(BackendPool("p", []), response_body_filters=[object()])  # type: ignore[list-item]

@@ -89,6 +89,10 @@ class BackendConnection(Protocol):
         # The last simple response head, the method it answered, and its reading.
         self._last_head = self._last_method = b""
         self._last_simple: SimpleResponse | None = None
+        #: A simple head (by identity) known to give the route hooks of C{quiet_triggers}
+        #: (L{twisted_rp.http.routing.Route.response_triggers}) nothing to act on.
+        self.quiet_head: SimpleResponse | None = None
+        self.quiet_triggers: object = None
         self._state = _DONE
         self._buffer = b""
         self._decoder: ChunkedDecoder | LengthDecoder | None = None

@@ -21,6 +21,7 @@ from twisted_rp.interfaces import IBodyTransform
 from twisted_rp.pool.backend import Lease, Outcome, PickContext, StickyResponse
 
 if TYPE_CHECKING:
+    from twisted_rp.http.backend import BackendConnection
     from twisted_rp.http.exchange import Exchange
     from twisted_rp.http.proxy import HTTPProxyProtocol
 
@@ -92,6 +93,7 @@ class ResponseHeads:
     route: Route
     request: ProxyRequest
     lease: Lease | None
+    connection: BackendConnection | None
     context: PickContext | None
     upgrade: bytes | None
     client_version: bytes
@@ -259,13 +261,15 @@ class ResponseHeads:
         _, status, reason, fields, lowered, _, cut, _ = simple
         route = self.route
         triggers = route.response_triggers
-        if (
-            status == 401
-            or triggers is None
-            or triggers(lowered)
-            or getattr(route.pool, "stickiness", None) is not None
-        ):
+        if status == 401 or triggers is None or getattr(route.pool, "stickiness", None) is not None:
             return False
+        connection = self.connection
+        assert connection is not None
+        if connection.quiet_head is not simple or connection.quiet_triggers is not triggers:
+            if triggers(lowered):
+                return False
+            # The connection reuses its reading of a repeated head: the verdict holds too.
+            connection.quiet_head, connection.quiet_triggers = simple, triggers
         front = self.front
         self.response_started = True
         self.status = status
