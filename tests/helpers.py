@@ -279,6 +279,16 @@ class ProxyHarness:
         backend.answer(response)
         return client, backend
 
+    def reused(self) -> tuple[FakeClient, FakeBackend]:
+        """
+        A client whose first request (C{GET /1}) was answered: its next one goes to the
+        pooled backend connection.  Neither side holds what was sent so far.
+        """
+        client, backend = self.exchange(get(b"/1"), response(body=b"one"))
+        client.take()
+        backend.take()
+        return client, backend
+
 
 @frozen
 class Message:

@@ -111,18 +111,9 @@ class SameAsGeneralWayTests(SynchronousTestCase):
 
 
 class TakenTests(SynchronousTestCase):
-    def reused(self, harness: ProxyHarness) -> Any:
-        client = harness.client()
-        client.send(get(b"/1"))
-        backend = harness.accept()
-        backend.answer(response(body=b"one"))
-        client.take()
-        backend.take()
-        return client, backend
-
     def test_taken_for_a_simple_request_on_a_pooled_connection(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(get(b"/2"))
         exchange = client.protocol.exchange
         self.assertIsNotNone(exchange)
@@ -142,7 +133,7 @@ class TakenTests(SynchronousTestCase):
 
     def test_reused_connection_closed_replays_the_same_head(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(get(b"/2"))
         first = backend.received()
         backend.close()
@@ -153,7 +144,7 @@ class TakenTests(SynchronousTestCase):
 
     def test_no_backend_left(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         harness.pool.set_admin_state("b1", "disabled")
         client.send(get(b"/2"))
         self.assertEqual(
@@ -165,7 +156,7 @@ class TakenTests(SynchronousTestCase):
         harness = ProxyHarness()
         observed = Observed()
         harness.factory.request_observers.append(observed)
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(get(b"/2"))
         backend.answer(response(body=b"two"))
         route = harness.factory.router.routes[0]
@@ -174,7 +165,7 @@ class TakenTests(SynchronousTestCase):
     def test_hash_balancer_sees_the_request(self) -> None:
         harness = ProxyHarness(backends=4)
         harness.pool.balancer = HashBalancer(lambda context: context.path)
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         # The same path goes where the first request for it went, on the pooled connection.
         for _ in range(3):
             client.send(get(b"/1"))

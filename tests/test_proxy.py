@@ -1109,16 +1109,9 @@ class BackendFailureTests(ProxyTestCase):
         self.assertEqual(harness.connect_attempts, 0)
         self.assertErrorPage(client.received(), 503)
 
-    def reused(self, harness: ProxyHarness) -> tuple[FakeClient, FakeBackend]:
-        """A client whose second request is on a reused backend connection."""
-        client, backend = harness.exchange(get(b"/1"), response(body=b"one"))
-        client.take()
-        backend.take()
-        return client, backend
-
     def test_reused_connection_closed_while_idle_is_retried(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(get(b"/2"))
         self.assertEqual(harness.connect_attempts, 1)
         backend.close()
@@ -1130,7 +1123,7 @@ class BackendFailureTests(ProxyTestCase):
 
     def test_retried_only_once(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(get(b"/2"))
         backend.close()
         harness.accept().close()
@@ -1139,7 +1132,7 @@ class BackendFailureTests(ProxyTestCase):
 
     def test_non_idempotent_request_not_retried(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(request(b"POST /2 HTTP/1.1", b"Host: example.com"))
         backend.close()
         self.assertEqual(harness.connect_attempts, 1)
@@ -1147,7 +1140,7 @@ class BackendFailureTests(ProxyTestCase):
 
     def test_request_with_body_not_retried(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         client.send(
             request(b"PUT /2 HTTP/1.1", b"Host: example.com", b"Content-Length: 2", body=b"hi")
         )
@@ -1165,7 +1158,7 @@ class BackendFailureTests(ProxyTestCase):
 
     def test_connection_closed_while_pooled_not_used(self) -> None:
         harness = ProxyHarness()
-        client, backend = self.reused(harness)
+        client, backend = harness.reused()
         backend.close()
         client.send(get(b"/2"))
         self.assertEqual(harness.connect_attempts, 2)
