@@ -5,7 +5,7 @@ the request body out and the response back, and reporting how it went.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted_rp.http.accesslog import exchange_record
 from twisted_rp.http.backend import BackendTLSError, tls_failure
 from twisted_rp.http.body import LAST_CHUNK, ChunkedDecoder, LengthDecoder, encode_chunk
+from twisted_rp.http.express import ExpressStart
 from twisted_rp.http.flow import Valve
 from twisted_rp.http.message import (
     IDEMPOTENT,
@@ -25,12 +26,11 @@ from twisted_rp.http.message import (
     ProxyRequest,
     RequestHead,
 )
-from twisted_rp.http.parser import HTTP_11, NO_BODY, Framing, RequestInfo
+from twisted_rp.http.parser import RequestInfo
 from twisted_rp.http.request import RequestSide
 from twisted_rp.http.response import ResponseHeads
 from twisted_rp.http.routing import Route
 from twisted_rp.pool.backend import (
-    BLANK_CONTEXT,
     Lease,
     NoBackendAvailable,
     Outcome,
@@ -43,26 +43,7 @@ if TYPE_CHECKING:
     from twisted_rp.http.proxy import HTTPProxyProtocol
 
 
-class _Made:
-    """
-    An express exchange's head, info or request, made when first asked for.  (Not
-    C{__getattr__}: it would slow every attribute lookup on every exchange.)
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, exchange: Exchange | None, owner: type) -> Any:
-        if exchange is None:
-            return self
-        express = exchange._express
-        if express is None:
-            raise AttributeError(self.name)
-        exchange._materialize(*express)
-        return exchange.__dict__[self.name]
-
-
-class Exchange(RequestSide, ResponseHeads):
+class Exchange(RequestSide, ResponseHeads, ExpressStart):
     """
     A request from one client connection and the response to it.
     """
@@ -85,15 +66,6 @@ class Exchange(RequestSide, ResponseHeads):
     _early: tuple[list[bytes], bytes | None] | None = None
     attempts = 0
     sent_at = 0.0
-    # What an express exchange (start_express) has instead of a head, info and request.
-    framing: Framing = NO_BODY
-    upgrade: bytes | None = None
-    client_version = HTTP_11
-    _express: tuple[Any, ...] | None = None
-    if not TYPE_CHECKING:
-        head = _Made()
-        info = _Made()
-        request = _Made()
 
     _log = Logger()
 
@@ -120,113 +92,6 @@ class Exchange(RequestSide, ResponseHeads):
         self.client_version = head.version
         self.started = front.clock.seconds()
         self._out: list[bytes] = []
-
-    def start_express(
-        self,
-        front: HTTPProxyProtocol,
-        route: Route,
-        method: bytes,
-        target: bytes,
-        block: bytes,
-        lowered: bytes,
-        authority: bytes,
-        host: str,
-    ) -> None:
-        """
-        Start a simple request (L{twisted_rp.http.scan.scan_request}) that no hook acts on
-        and that the factory's override points leave alone: the common request, sent with as
-        little work as possible.
-
-        Its head, info and request are made only when something asks for them (a response
-        hook, the access log, an observer, a failure); any turn off the common way makes
-        them first, and goes on as any exchange would.  (Called on an exchange made by
-        C{Exchange.__new__}, instead of C{__init__}.)
-        """
-        self.front = front
-        self.route = route
-        self.client_method = method
-        self.client_target = target
-        clock = front.clock
-        self.started = clock.seconds()
-        self._out = []
-        block, request_id = front.forwarding.append_block(
-            block,
-            front.client_ip,
-            front.factory.scheme,
-            authority,
-            front.local_port,
-            front.forwarding_cache,
-        )
-        if route.strip_prefix:
-            target = route.backend_path(target)
-        headers = Headers.from_block(block)
-        parts = (method, target, headers, lowered, authority, host, request_id)
-        self.attempts = 1
-        pool = route.pool
-        if getattr(pool, "reads_context", True) or getattr(pool, "stickiness", None) is not None:
-            context = self._context(host, headers)
-        else:
-            context = BLANK_CONTEXT
-        self.context = context
-        try:
-            lease = pool.pick(context)
-        except Exception:
-            self._materialize(*parts, None)
-            self._no_backend(Failure())
-            return
-        if type(lease) is not Lease:
-            self._materialize(*parts, None)
-            if isinstance(lease, Deferred):
-                lease.addCallbacks(self._picked, self._no_backend)
-            else:
-                self._picked(lease)
-            return
-        self.lease = lease
-        backend = lease.backend
-        connection = front.connections.take_idle(backend)
-        if connection is None or not route.preserve_host:
-            self._materialize(*parts, backend)
-            if connection is None:
-                self._connect_new()
-            else:
-                self._send(connection)
-            return
-        self._express = (*parts, backend)
-        self.connection = connection
-        connection.start(self, method)
-        if front.client_full:
-            connection.transport.pauseProducing()
-        self.sent_at = clock.seconds()
-        self.request_done = True
-        connection.write(method + b" " + target + b" HTTP/1.1\r\n" + block + b"\r\n\r\n")
-
-    def _materialize(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        lowered: bytes,
-        authority: bytes,
-        host: str,
-        request_id: str,
-        backend: Any,
-    ) -> None:
-        """Make an express exchange's head, info and request, as L{__init__} would have."""
-        front = self.front
-        head = self.head = RequestHead(method, target, HTTP_11, headers)
-        self.info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
-        request = self.request = ProxyRequest(
-            head,
-            front.client_ip,
-            front.client_port,
-            front.factory.scheme,
-            host,
-            authority=authority,
-        )
-        request.route = self.route
-        request.request_id = request_id
-        request.backend = backend
-        self._express = None
 
     def _may_retry(self) -> bool:
         """Whether another try is allowed: within the pool's retries, on a backend not yet

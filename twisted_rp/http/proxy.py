@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted_rp.http.accesslog import refused_record
 from twisted_rp.http.backend import BackendConnection, BackendConnections
 from twisted_rp.http.exchange import Exchange
+from twisted_rp.http.express import simple_request
 from twisted_rp.http.flow import Deadline, Valve
 from twisted_rp.http.forwarding import RequestForwarding
 from twisted_rp.http.message import (
@@ -29,8 +30,6 @@ from twisted_rp.http.message import (
 )
 from twisted_rp.http.parser import (
     HTTP_11,
-    NO_BODY,
-    RequestInfo,
     analyze_request,
     parse_request_head,
     split_absolute_target,
@@ -215,15 +214,13 @@ class HTTPProxyProtocol(Protocol):
                 exchange = self.exchange = Exchange.__new__(Exchange)
                 exchange.start_express(self, route, method, target, block, lowered, authority, host)
                 return
-        head = RequestHead(method, target, HTTP_11, Headers.from_block(block))
-        request = ProxyRequest(
-            head, self.client_ip, self.client_port, factory.scheme, host, authority=authority
+        head, info, request = simple_request(
+            self, method, target, Headers.from_block(block), lowered, authority, host
         )
         route = request.route = factory.route_for(request)
         if route is None:
             self._start_general(raw)
             return
-        info = RequestInfo(NO_BODY, authority, [], None, None, lowered, plain=True)
         exchange = self.exchange = Exchange(self, head, info, route, request, None)
         self.restart_timer(self.settings.timeouts.backend_first_byte)
         exchange.begin()
