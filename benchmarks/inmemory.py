@@ -8,6 +8,7 @@ cookie mapping), or a bare route.
     python benchmarks/inmemory.py --bare          # a route without hooks
     python benchmarks/inmemory.py --callgrind     # instructions per request (valgrind)
     python benchmarks/inmemory.py --vary          # every head differs from the one before
+    python benchmarks/inmemory.py --big           # a 1 MiB response, in 64 KiB reads
 
 The same request and response over and over let the connections reuse their reading of the
 last head (as for wrk, and for clients and backends that repeat their fields); C{--vary}
@@ -52,10 +53,11 @@ class _Sink(StringTransport):
         pass
 
 
-def one_exchange(bare: bool, vary: bool = False) -> Any:
+def one_exchange(bare: bool, vary: bool = False, big: bool = False) -> Any:
     """
     A function that proxies one request and its response in memory; with C{vary}, each head
-    differs in one field from the one before.
+    differs in one field from the one before; with C{big}, the response has a 1 MiB body and
+    comes in reads of 64 KiB, as from a socket.
     """
     from twisted_rp.config import RouteConfig
     from twisted_rp.http.backend import BackendConnection
@@ -83,7 +85,17 @@ def one_exchange(bare: bool, vary: bool = False) -> Any:
         front.dataReceived(REQUEST)
         connection.dataReceived(RESPONSE)
 
-    if vary:
+    if big:
+        body = bytes(range(256)) * 4096
+        whole = RESPONSE[:-101].replace(b"Length: 101", b"Length: %d" % len(body)) + body
+        reads = [whole[i : i + 65536] for i in range(0, len(whole), 65536)]
+
+        def one() -> None:
+            front.dataReceived(REQUEST)
+            for data in reads:
+                connection.dataReceived(data)
+
+    elif vary:
         pairs = itertools.cycle(
             [
                 (
@@ -116,13 +128,13 @@ class _ClockReactor(Clock):
         raise AssertionError("the in-memory benchmark never connects")
 
 
-def _run(count: int, bare: bool, vary: bool) -> None:
-    one = one_exchange(bare, vary)
+def _run(count: int, bare: bool, vary: bool, big: bool) -> None:
+    one = one_exchange(bare, vary, big)
     for _ in range(count):
         one()
 
 
-def _instructions(count: int, bare: bool, vary: bool) -> int:
+def _instructions(count: int, bare: bool, vary: bool, big: bool) -> int:
     with tempfile.TemporaryDirectory() as directory:
         out = os.path.join(directory, "callgrind.out")
         command = (
@@ -137,6 +149,7 @@ def _instructions(count: int, bare: bool, vary: bool) -> int:
             ]
             + (["--bare"] if bare else [])
             + (["--vary"] if vary else [])
+            + (["--big"] if big else [])
         )
         # A fixed hash seed: string hashes decide dictionary probes, which move the count.
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -150,19 +163,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bare", action="store_true", help="a route without hooks")
     parser.add_argument("--vary", action="store_true", help="every head differs")
+    parser.add_argument("--big", action="store_true", help="a 1 MiB response")
     parser.add_argument("--callgrind", action="store_true", help="count instructions")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.run is not None:
-        _run(options.run, options.bare, options.vary)
+        _run(options.run, options.bare, options.vary, options.big)
         return
     if options.callgrind:
         # The difference between 2,000 and 0 requests leaves out start-up.
-        flags = options.bare, options.vary
+        flags = options.bare, options.vary, options.big
         start, more = _instructions(0, *flags), _instructions(2000, *flags)
         print(f"{(more - start) // 2000:,} instructions per request")
         return
-    one = one_exchange(options.bare, options.vary)
+    one = one_exchange(options.bare, options.vary, options.big)
     for _ in range(2000):
         one()
     best = float("inf")

@@ -135,6 +135,19 @@ class ReuseTests(BackendConnectionsTestCase):
         self.assertEqual(self.connections.idle_count(self.backend), 0)
         self.assertFalse(server.closed)
 
+    def test_body_of_known_length_in_many_reads(self) -> None:
+        """Reads in the middle of the body reach the sink as they come; the last ends it."""
+        connection, server, sink = self.used(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        for piece in (b"cd", b"e", b"fgh"):
+            server.answer(piece)
+            self.assertEqual(sink.kinds(), ["head"])
+        self.assertEqual(sink.body, b"abcdefgh")
+        server.answer(b"ij")
+        self.assertEqual(sink.kinds(), ["head", "end"])
+        self.assertEqual(sink.body, b"abcdefghij")
+        connection.detach()
+        self.assertIs(self.connections.take_idle(self.backend), connection)
+
     def test_reused_connection_carries_next_request(self) -> None:
         connection, server, _ = self.used()
         connection.detach()
@@ -273,6 +286,14 @@ class NeverReuseBadConnectionTests(BackendConnectionsTestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"
         )
         self.assertEqual(sink.body, b"ok")
+        self.assertDiscarded(connection, server)
+
+    def test_unread_bytes_after_body_read_in_pieces(self) -> None:
+        connection, server, sink = self.used(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab")
+        server.answer(b"cd")
+        server.answer(b"efHTTP/1.1 200 OK\r\n")
+        self.assertEqual(sink.body, b"abcdef")
+        self.assertEqual(sink.kinds(), ["head", "end"])
         self.assertDiscarded(connection, server)
 
     def test_response_not_finished(self) -> None:

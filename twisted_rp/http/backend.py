@@ -136,13 +136,23 @@ class BackendConnection(Protocol):
             self.abort()
             return
         self.received_response_bytes = True
-        try:
-            self._process(sink, data)
-        except HTTPError as e:
-            self.reusable = False
-            sink.on_backend_error(e.detail)
-            self.abort()
-            return
+        if (
+            self._state == _BODY
+            and type(decoder := self._decoder) is LengthDecoder
+            and len(data) < decoder.remaining
+        ):
+            # The middle of a body of known length, most reads of a large response: nothing
+            # in it to look for.
+            decoder.remaining -= len(data)
+            sink.on_response_body([data])
+        else:
+            try:
+                self._process(sink, data)
+            except HTTPError as e:
+                self.reusable = False
+                sink.on_backend_error(e.detail)
+                self.abort()
+                return
         if self.sink is sink:
             # (A response that ended here was flushed by its exchange, which let go.)
             sink.flush()
