@@ -228,6 +228,15 @@ class PreferredBackend(HTTPProxyFactory):
         return super().pick_backend(request, context)
 
 
+class RealClientAddress:
+    """A route's rewriter that takes the client's address from a trusted header."""
+
+    def rewrite_request(self, request: ProxyRequest) -> None:
+        real = request.head.headers.get(b"x-real-ip")
+        if real is not None:
+            request.client_ip = real.decode("ascii")
+
+
 class PickBackendTests(TestCase):
     """
     L{HTTPProxyFactory.pick_backend} leases the backend, for the first try and each retry.
@@ -254,6 +263,18 @@ class PickBackendTests(TestCase):
         first, second = factory.contexts
         self.assertEqual((first.path, first.avoid), ("/x?y", frozenset()))
         self.assertEqual(second.avoid, frozenset({"b2"}))
+
+    def test_context_has_the_requests_client_address(self) -> None:
+        """
+        A hook that changes C{request.client_ip} changes what the pool is told (source
+        hashing, for one, follows it).
+        """
+        harness = harness_for(PreferredBackend, request_rewriters=[RealClientAddress()])
+        factory = harness.factory
+        assert isinstance(factory, PreferredBackend)
+        harness.client().send(get(b"/", b"example.com", b"X-Real-IP: 203.0.113.9"))
+        harness.client().send(get(b"/", b"example.com"))
+        self.assertEqual([c.client_ip for c in factory.contexts], ["203.0.113.9", "10.0.0.9"])
 
     def test_none_is_503(self) -> None:
         harness = harness_for(PreferredBackend)

@@ -107,7 +107,7 @@ class Exchange(RequestSide, ResponseHeads, ExpressStart):
             self._picked(Lease(bound.backend, self.route.pool))
             return
         request = self.request
-        context = self.context = self._context(request.host, self.head.headers)
+        context = self.context = self._context(request.client_ip, request.host, self.head.headers)
         try:
             lease = self.front.factory.pick_backend(request, context)
         except NoBackendAvailable as e:
@@ -122,11 +122,11 @@ class Exchange(RequestSide, ResponseHeads, ExpressStart):
         else:
             self._picked(lease)
 
-    def _context(self, host: str, headers: Headers) -> PickContext:
+    def _context(self, client_ip: str, host: str, headers: Headers) -> PickContext:
         """What a pool is told of this request."""
         return PickContext(
             "http",
-            self.front.client_ip,
+            client_ip,
             host,
             self.client_target.decode("latin-1"),
             None,

@@ -95,7 +95,7 @@ class ExpressStart:
         connection: BackendConnection | None
         _out: list[bytes]
 
-        def _context(self, host: str, headers: Headers) -> PickContext: ...
+        def _context(self, client_ip: str, host: str, headers: Headers) -> PickContext: ...
         def _no_backend(self, failure: Failure) -> None: ...
         def _picked(self, lease: Lease) -> None: ...
         def _connect_new(self) -> None: ...
@@ -144,7 +144,7 @@ class ExpressStart:
         self.attempts = 1
         pool = route.pool
         if getattr(pool, "reads_context", True) or getattr(pool, "stickiness", None) is not None:
-            context = self._context(host, headers)
+            context = self._context(front.client_ip, host, headers)
         else:
             context = BLANK_CONTEXT
         self.context = context
