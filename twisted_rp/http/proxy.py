@@ -203,7 +203,9 @@ class HTTPProxyProtocol(Protocol):
             self._authority = authority
         factory = self.factory
         self.wants_keepalive = True
+        route: Route | None = None
         if factory.express:
+            # route_for is not overridden: the router's choice is the route.
             route = factory.router.route_target(host, target)
             if route is None:
                 self._start_general(raw)
@@ -217,10 +219,12 @@ class HTTPProxyProtocol(Protocol):
         head, info, request = simple_request(
             self, method, target, Headers.from_block(block), lowered, authority, host
         )
-        route = request.route = factory.route_for(request)
         if route is None:
-            self._start_general(raw)
-            return
+            route = factory.route_for(request)
+            if route is None:
+                self._start_general(raw)
+                return
+        request.route = route
         exchange = self.exchange = Exchange(self, head, info, route, request, None)
         self.restart_timer(self.settings.timeouts.backend_first_byte)
         exchange.begin()
