@@ -28,8 +28,13 @@ class InMemoryTests(SynchronousTestCase):
     def test_each_exchange_is_answered_and_pools_the_connection(self) -> None:
         """The measured loop proxies whole exchanges (it checks the first one itself)."""
         module = load("inmemory")
-        for bare, vary in [(False, False), (True, False), (False, True)]:
-            one = module.one_exchange(bare, vary)
+        for bare, vary, big in [
+            (False, False, False),
+            (True, False, False),
+            (False, True, False),
+            (False, False, True),
+        ]:
+            one = module.one_exchange(bare, vary, big)
             for _ in range(3):
                 one()
 
