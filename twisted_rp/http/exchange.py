@@ -40,7 +40,7 @@ from twisted_rp.pool.backend import (
 
 if TYPE_CHECKING:
     from twisted_rp.http.backend import BackendConnection
-    from twisted_rp.http.proxy import HTTPProxyProtocol
+    from twisted_rp.http.front import HTTPProxyProtocol
 
 
 class Exchange(RequestSide, ResponseHeads, ExpressStart):

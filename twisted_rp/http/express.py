@@ -17,7 +17,7 @@ from twisted_rp.pool.backend import BLANK_CONTEXT, Lease, PickContext
 
 if TYPE_CHECKING:
     from twisted_rp.http.backend import BackendConnection
-    from twisted_rp.http.proxy import HTTPProxyProtocol
+    from twisted_rp.http.front import HTTPProxyProtocol
 
 
 def simple_request(

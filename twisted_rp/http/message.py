@@ -347,6 +347,17 @@ class AccessRecord:
     tls_cipher: str | None = None
 
 
+def default_error_page(status: int, detail: str) -> ErrorResponse:
+    """
+    The proxy's own page for an error: the status line's words, and C{detail} for a 4xx
+    only (for a 5xx it may name backends and addresses).
+    """
+    body = b"%d %s\n" % (status, reason_phrase(status))
+    if status < 500:
+        body += detail.encode("utf-8", "replace") + b"\n"
+    return ErrorResponse(status, body)
+
+
 def checked_error_page(
     make: Callable[[int, str], ErrorResponse],
     default: Callable[[int, str], ErrorResponse],

@@ -18,7 +18,7 @@ from twisted_rp.http.parser import Framing, RequestInfo
 from twisted_rp.http.routing import Route
 
 if TYPE_CHECKING:
-    from twisted_rp.http.proxy import HTTPProxyProtocol
+    from twisted_rp.http.front import HTTPProxyProtocol
 
 _UPGRADE = frozenset({b"upgrade"})
 _NOTHING: frozenset[bytes] = frozenset()

@@ -23,7 +23,7 @@ from twisted_rp.pool.backend import Lease, Outcome, PickContext, StickyResponse
 if TYPE_CHECKING:
     from twisted_rp.http.backend import BackendConnection
     from twisted_rp.http.exchange import Exchange
-    from twisted_rp.http.proxy import HTTPProxyProtocol
+    from twisted_rp.http.front import HTTPProxyProtocol
 
 _NOTHING: frozenset[bytes] = frozenset()
 #: Response fields the proxy re-creates for the client connection.
